@@ -1,4 +1,4 @@
-"""Paths and constants, in one place. Functions take paths as arguments; defaults come from here."""
+"""Paths and constants in one place. Functions take paths as arguments; defaults come from here."""
 
 import os
 from pathlib import Path
