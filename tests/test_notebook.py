@@ -55,12 +55,12 @@ def test_notebook_runs_end_to_end_and_resumes_on_a_second_run(tmp_path):
     assert set(best["params"]) >= {"early", "middle", "late", "fc"}
 
     # Re-running resumes: both combinations are done, so nothing trains again.
-    checkpoints = sorted((tmp_path / "models" / "trials").glob("*/checkpoint.pth"))
+    checkpoints = sorted((tmp_path / "models" / "trials").glob("*/*/checkpoint.pth"))
     assert len(checkpoints) == 2
     before = {p: p.stat().st_mtime_ns for p in checkpoints}
     time.sleep(0.01)
     executed = execute(tmp_path, "second.ipynb", **parameters)
     assert {p: p.stat().st_mtime_ns for p in checkpoints} == before
-    assert sorted((tmp_path / "models" / "trials").glob("*/checkpoint.pth")) == checkpoints
+    assert sorted((tmp_path / "models" / "trials").glob("*/*/checkpoint.pth")) == checkpoints
     text = json.dumps(executed)
     assert "No trained model yet" not in text

@@ -1,0 +1,442 @@
+"""Tests for lensing/search.py: the grid, and the resumable search run as real processes.
+
+The slow tests start ``python -m lensing search`` in subprocesses on a tiny written data set
+(4 train, 3 val, 1 test images per class; ResNet18 from scratch, batch 8, fp32) and really
+kill them: SIGKILL mid-trial, SIGINT (Ctrl-C), two workers at once on one SQLite file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from conftest import write_set
+
+from lensing.search import (
+    DEFAULT_GRID,
+    SearchError,
+    cli,
+    continue_training,
+    format_table,
+    grid_size,
+    load_grid,
+    results_table,
+    run_search,
+    trial_key,
+    validate_grid,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+# A launcher that keeps SIGINT raising KeyboardInterrupt even when the test runner was started
+# in the background (where SIGINT is ignored, and Python would inherit that).
+LAUNCH = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from lensing.__main__ import main; sys.exit(main())"
+)
+FAST = [
+    "--batch-size", "8", "--pretrained", "none", "--precision", "fp32", "--seed", "0",
+    "--heartbeat-interval", "1", "--grace-period", "3",
+]  # fmt: skip
+TWO = {"early": [1e-4], "middle": [1e-4], "late": [1e-4, 1e-3], "fc": [1e-3]}
+FOUR = {"early": [1e-5, 1e-4], "middle": [1e-4], "late": [1e-4, 1e-3], "fc": [1e-3]}
+ONE = {"early": [1e-4], "middle": [1e-4], "late": [1e-3], "fc": [1e-3]}
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_set(tmp_path_factory.mktemp("data"), {"train": 4, "val": 3, "test": 1})
+
+
+def write_grid(path: Path, grid: dict) -> Path:
+    path.write_text(json.dumps(grid))
+    return path
+
+
+def search_command(data: Path, out: Path, grid: Path, epochs: int, *extra: str) -> list[str]:
+    args = ["search", "--data", str(data), "--out", str(out), "--epochs", str(epochs)]
+    return [sys.executable, "-c", LAUNCH, *args, "--grid", str(grid), *FAST, *extra]
+
+
+def child_env(threads: int = 2) -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=str(threads))
+    env["LENSING_ROOT"] = env.get("LENSING_ROOT", "/nonexistent-lensing-root")
+    return env
+
+
+def run(command: list[str], timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, env=child_env(), **kwargs
+    )
+    return done
+
+
+def load(out: Path, study: str = "lr_grid") -> optuna.Study:
+    return optuna.load_study(study_name=study, storage=f"sqlite:///{out}/grid_search.db")
+
+
+def checkpoints(out: Path) -> dict[str, Path]:
+    """{trial key: rolling checkpoint path} of the default study."""
+    return {p.parent.name: p for p in sorted(out.glob("trials/lr_grid/*/checkpoint.pth"))}
+
+
+def read_epoch(path: Path) -> tuple[int, list[dict]]:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return int(state["epoch"]), state["history"]
+
+
+def start(command: list[str], log: Path, threads: int = 2) -> subprocess.Popen:
+    """Start a search writing stdout and stderr to files (a full pipe would stall it)."""
+    with open(log.with_suffix(".out"), "w") as out, open(log.with_suffix(".err"), "w") as err:
+        return subprocess.Popen(command, stdout=out, stderr=err, env=child_env(threads))
+
+
+def logs(log: Path) -> tuple[str, str]:
+    return log.with_suffix(".out").read_text(), log.with_suffix(".err").read_text()
+
+
+def wait_for(out: Path, proc: subprocess.Popen, ready, log: Path, timeout: float = 240) -> dict:
+    """Poll the trial checkpoints until ``ready({key: epoch})``; returns that mapping."""
+    seen: dict[Path, tuple[int, int]] = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"search ended (rc {proc.returncode}) too early:\n{logs(log)}")
+        for path in checkpoints(out).values():
+            try:
+                mtime = path.stat().st_mtime_ns
+                if seen.get(path, (None,))[0] != mtime:
+                    seen[path] = (mtime, read_epoch(path)[0])
+            except (OSError, RuntimeError, KeyError):
+                continue  # replaced while we read it: read it next round
+        epochs = {path.parent.name: epoch for path, (_, epoch) in seen.items()}
+        if ready(epochs):
+            return epochs
+        time.sleep(0.1)
+    proc.kill()
+    pytest.fail(f"timed out waiting for checkpoints; saw {seen}")
+
+
+def complete_params(study: optuna.Study) -> list[tuple]:
+    return [
+        tuple(sorted(t.params.items()))
+        for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    ]
+
+
+# --- the grid ----------------------------------------------------------------------------------
+
+
+def test_default_grid_is_small_and_valid() -> None:
+    assert validate_grid(DEFAULT_GRID) == DEFAULT_GRID
+    assert grid_size(DEFAULT_GRID) == 4
+
+
+def test_load_grid_normalizes(tmp_path: Path) -> None:
+    grid = {"fc": [1e-3, 1e-3], "late": [1e-3, 1e-4], "middle": [1e-4], "early": [1, 1e-5]}
+    loaded = load_grid(write_grid(tmp_path / "g.json", grid))
+    assert list(loaded) == ["early", "middle", "late", "fc"]
+    assert loaded == {"early": [1e-5, 1.0], "middle": [1e-4], "late": [1e-4, 1e-3], "fc": [1e-3]}
+
+
+@pytest.mark.parametrize(
+    ("grid", "words"),
+    [
+        ({**ONE, "head": [1e-3]}, "unknown layer group(s) 'head'"),
+        ({k: v for k, v in ONE.items() if k != "late"}, "missing layer group(s) 'late'"),
+        ({**ONE, "fc": []}, "'fc' must be a non-empty list"),
+        ({**ONE, "fc": 1e-3}, "'fc' must be a non-empty list"),
+        ({**ONE, "early": [0.0]}, "must be a positive, finite number"),
+        ({**ONE, "early": [-1e-4]}, "must be a positive, finite number"),
+        ({**ONE, "middle": ["1e-4"]}, "'1e-4' of 'middle' is not a number"),
+        ({**ONE, "middle": [True]}, "True of 'middle' is not a number"),
+        ([1e-4, 1e-3], "expected a JSON object"),
+    ],
+)
+def test_bad_grid_file_names_the_file(tmp_path: Path, grid, words: str) -> None:
+    path = write_grid(tmp_path / "bad.json", grid)
+    with pytest.raises(ValueError) as err:
+        load_grid(path)
+    assert str(path) in str(err.value)
+    assert words in str(err.value)
+
+
+def test_unreadable_grid_files(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"early": [1e-4,')
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        load_grid(broken)
+    with pytest.raises(ValueError, match="cannot read grid file"):
+        load_grid(tmp_path / "missing.json")
+
+
+def test_cli_reports_a_bad_grid(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = write_grid(tmp_path / "bad.json", {**ONE, "fc": []})
+    argv = ["--data", str(tmp_path), "--out", str(tmp_path / "m"), "--grid", str(path)]
+    assert cli(argv) == 2
+    err = capsys.readouterr().err
+    assert f"grid file {path}" in err and "'fc' must be a non-empty list" in err
+    assert not (tmp_path / "m" / "grid_search.db").exists()
+
+
+def test_trial_key_is_stable() -> None:
+    params = {"lr_fc": 1e-3, "lr_early": 1e-5, "lr_late": 1e-4, "lr_middle": 0.0001}
+    assert trial_key(params) == "early=1e-05_middle=0.0001_late=0.0001_fc=0.001"
+    assert trial_key({"early": 1e-5, "middle": 1e-4, "late": 1e-4, "fc": 1e-3}) == trial_key(
+        params
+    )
+
+
+def test_changed_grid_or_settings_for_a_study_is_refused(tmp_path: Path) -> None:
+    out, nowhere = tmp_path / "m", tmp_path / "no-data"
+    # The study is created and stamped with its grid before the data is read (which fails).
+    with pytest.raises(FileNotFoundError):
+        run_search(nowhere, out, epochs=2, grid=TWO, progress=False)
+    with pytest.raises(SearchError, match="new --study name"):
+        run_search(nowhere, out, epochs=2, grid=FOUR, progress=False)
+    with pytest.raises(SearchError, match="epochs: study 2, now 3"):
+        run_search(nowhere, out, epochs=3, grid=TWO, progress=False)
+    # The same grid, written in another order, is the same grid.
+    shuffled = {"fc": [1e-3], "late": [1e-3, 1e-4], "middle": [1e-4], "early": [1e-4]}
+    with pytest.raises(FileNotFoundError):
+        run_search(nowhere, out, epochs=2, grid=shuffled, progress=False)
+    # A new study name in the same storage is a new search.
+    with pytest.raises(FileNotFoundError):
+        run_search(nowhere, out, epochs=2, grid=FOUR, study_name="wide", progress=False)
+
+
+def test_results_table_counts_epochs_saved_by_pruning(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path}/s.db"
+    study = optuna.create_study(storage=storage, study_name="lr_grid", direction="maximize")
+    study.set_user_attr("grid", FOUR)
+    study.set_user_attr("settings", {"epochs": 5})
+    dists = {f"lr_{g}": optuna.distributions.CategoricalDistribution(FOUR[g]) for g in FOUR}
+    base = {"lr_early": 1e-5, "lr_middle": 1e-4, "lr_fc": 1e-3}
+    study.add_trial(
+        optuna.trial.create_trial(
+            params=base | {"lr_late": 1e-4}, distributions=dists, value=0.9,
+            user_attrs={"epochs_done": 5},
+        )
+    )  # fmt: skip
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=optuna.trial.TrialState.PRUNED, params=base | {"lr_late": 1e-3},
+            distributions=dists, intermediate_values={1: 0.6, 2: 0.7},
+            user_attrs={"epochs_done": 2},
+        )
+    )  # fmt: skip
+    table = results_table(storage=storage)
+    assert len(table) == 4
+    assert list(table.columns[:7]) == [
+        "lr_early", "lr_middle", "lr_late", "lr_fc", "val_auc", "epochs", "state",
+    ]  # fmt: skip
+    assert list(table["state"]) == ["COMPLETE", "PRUNED", "WAITING", "WAITING"]
+    assert table["val_auc"].iloc[0] == 0.9 and table["val_auc"].iloc[1] == 0.7
+    assert list(table["epochs_saved"]) == [0, 3, 0, 0]
+    assert table.attrs["epochs_saved"] == 3
+    text = format_table(table)
+    assert text.count("\n") == 5 and "| PRUNED" in text
+
+
+def test_results_table_without_a_search(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no search database"):
+        results_table(out_dir=tmp_path)
+
+
+# --- kill and resume ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict:
+    """A 2-combination search, SIGKILLed when one combination has finished its 3 epochs and
+    the other is mid-way, then run again to the end."""
+    tmp = tmp_path_factory.mktemp("kill")
+    out, grid = tmp / "models", write_grid(tmp / "grid.json", TWO)
+    command = search_command(data_dir, out, grid, 3)
+    log = tmp / "first"
+    proc = start(command, log)
+    epochs = wait_for(out, proc, lambda e: 3 in e.values() and {1, 2} & set(e.values()), log)
+    proc.kill()
+    proc.wait()
+    finished = next(key for key, epoch in epochs.items() if epoch == 3)
+    killed = next(key for key in epochs if key != finished)
+    ckpts = checkpoints(out)
+    before = {
+        "killed_epoch": read_epoch(ckpts[killed])[0],
+        "killed_history": read_epoch(ckpts[killed])[1],
+        "finished_mtime": ckpts[finished].stat().st_mtime_ns,
+        "states": {t.number: t.state.name for t in load(out).trials},
+    }
+    resumed = run(command)
+    return {
+        "out": out,
+        "command": command,
+        "killed": killed,
+        "finished": finished,
+        "before": before,
+        "resumed": resumed,
+    }
+
+
+@pytest.mark.slow
+def test_killed_trial_resumes_from_its_checkpoint(killed_and_resumed: dict) -> None:
+    out, killed = killed_and_resumed["out"], killed_and_resumed["killed"]
+    before, resumed = killed_and_resumed["before"], killed_and_resumed["resumed"]
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "RUNNING" in before["states"].values()  # the kill left a dead trial behind
+    assert 1 <= before["killed_epoch"] < 3
+
+    study = load(out)
+    done = complete_params(study)
+    assert len(done) == 2 and len(set(done)) == 2  # each combination exactly once
+    (retry,) = [
+        t
+        for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+        if t.user_attrs["key"] == killed
+    ]
+    assert retry.system_attrs["failed_trial"] in before["states"]
+    assert retry.user_attrs["start_epoch"] == before["killed_epoch"]
+    assert "retrying trial" in resumed.stdout
+
+    epoch, history = read_epoch(checkpoints(out)[killed])
+    assert epoch == 3 and len(history) == 3
+    # The epochs before the kill are the very ones in the final history, not re-trained.
+    kept = history[: before["killed_epoch"]]
+    assert [h["train_loss"] for h in kept] == [h["train_loss"] for h in before["killed_history"]]
+    # The combination that had finished was not touched.
+    assert (
+        checkpoints(out)[killed_and_resumed["finished"]].stat().st_mtime_ns
+        == (before["finished_mtime"])
+    )
+
+
+@pytest.mark.slow
+def test_best_model_and_params_are_published(killed_and_resumed: dict) -> None:
+    out = killed_and_resumed["out"]
+    study = load(out)
+    best = json.loads((out / "best_params.json").read_text())
+    assert best["val_auc"] == pytest.approx(study.best_value)
+    assert best["trial"] == study.best_trial.number
+    assert {g: best[g] for g in ("early", "middle", "late", "fc")} == {
+        g: study.best_params[f"lr_{g}"] for g in ("early", "middle", "late", "fc")
+    }
+    model = torch.load(out / "best_model.pth", map_location="cpu", weights_only=True)
+    for key in ("model", "params", "classes", "val_auc", "trial_key", "history", "pretrained"):
+        assert key in model
+    assert model["trial_key"] == best["trial_key"] and model["pretrained"] is False
+    assert model["val_auc"] == pytest.approx(best["val_auc"])
+    assert len(model["history"]) == 3
+
+    table = results_table(out_dir=out)
+    assert list(table["state"]) == ["COMPLETE", "COMPLETE"]
+    assert table["val_auc"].is_monotonic_decreasing
+    assert table["val_auc"].iloc[0] == pytest.approx(best["val_auc"])
+    assert list(table["epochs"]) == [3, 3]
+
+
+@pytest.mark.slow
+def test_rerun_of_a_finished_search_trains_nothing(killed_and_resumed: dict) -> None:
+    out = killed_and_resumed["out"]
+    files = [*checkpoints(out).values(), out / "best_model.pth", out / "best_params.json"]
+    mtimes = [p.stat().st_mtime_ns for p in files]
+    n_trials = len(load(out).trials)
+    again = run(killed_and_resumed["command"])
+    assert again.returncode == 0, again.stderr
+    assert "the search is complete: nothing to train" in again.stdout
+    assert "epoch 1/3" not in again.stdout + again.stderr
+    assert len(load(out).trials) == n_trials
+    assert [p.stat().st_mtime_ns for p in files] == mtimes
+
+
+@pytest.mark.slow
+def test_continue_training_extends_the_best_trial(killed_and_resumed: dict) -> None:
+    out = killed_and_resumed["out"]
+    before = json.loads((out / "best_params.json").read_text())
+    summary = continue_training(out, additional_epochs=1, progress=False)
+    assert summary["trial_key"] == before["trial_key"]
+    assert summary["epochs_trained"] == 1 and summary["epochs_total"] == 4
+    assert summary["before"] == pytest.approx(before["val_auc"])
+    assert summary["improved"] == (summary["after"] > summary["before"])
+    after = json.loads((out / "best_params.json").read_text())
+    expected = summary["after"] if summary["improved"] else before["val_auc"]
+    assert after["val_auc"] == pytest.approx(expected)
+
+
+# --- Ctrl-C, corrupt checkpoints, two workers --------------------------------------------------
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    out, grid = tmp_path / "models", write_grid(tmp_path / "grid.json", ONE)
+    command = search_command(data_dir, out, grid, 3)
+    log = tmp_path / "first"
+    proc = start(command, log)
+    wait_for(out, proc, lambda e: 1 in e.values(), log)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    stdout, stderr = logs(log)
+    assert proc.returncode == 130, stdout + stderr
+    assert "interrupted during trial 0" in stderr
+    assert "To resume, run: python -m lensing search --data" in stderr
+    (trial,) = load(out).trials
+    assert trial.state == optuna.trial.TrialState.FAIL
+    (ckpt,) = checkpoints(out).values()
+    stopped_at = read_epoch(ckpt)[0]  # loads: the checkpoint is intact
+
+    resumed = run(command)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "queued again" in resumed.stdout
+    study = load(out)
+    (done,) = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert done.user_attrs["start_epoch"] == stopped_at
+    assert read_epoch(ckpt)[0] == 3
+
+
+@pytest.mark.slow
+def test_corrupt_trial_checkpoint_restarts_that_combination(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    out, grid = tmp_path / "models", write_grid(tmp_path / "grid.json", ONE)
+    key = trial_key({g: v[0] for g, v in ONE.items()})
+    bad = out / "trials" / "lr_grid" / key / "checkpoint.pth"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"PK\x03\x04 a zip cut short by a crash")
+    done = run(search_command(data_dir, out, grid, 1))
+    assert done.returncode == 0, done.stderr
+    assert "unreadable checkpoint" in done.stderr and str(bad) in done.stderr
+    assert "from scratch" in done.stderr
+    (moved,) = bad.parent.glob("checkpoint.pth.corrupt-*")
+    assert moved.read_bytes().startswith(b"PK\x03\x04 a zip")
+    (trial,) = load(out).get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert trial.user_attrs["start_epoch"] == 0
+    assert read_epoch(bad)[0] == 1
+
+
+@pytest.mark.slow
+def test_two_workers_share_the_grid_without_duplicates(tmp_path: Path, data_dir: Path) -> None:
+    out, grid = tmp_path / "models", write_grid(tmp_path / "grid.json", FOUR)
+    command = search_command(data_dir, out, grid, 1)
+    workers = [start(command, tmp_path / f"worker{i}", threads=1) for i in range(2)]
+    for i, worker in enumerate(workers):
+        assert worker.wait(timeout=400) == 0, logs(tmp_path / f"worker{i}")
+    study = load(out)
+    done = complete_params(study)
+    assert len(done) == 4 and len(set(done)) == 4
+    trained = [t for t in study.trials if t.user_attrs.get("claim", {}).get("trial") == t.number]
+    assert len(trained) == 4  # no combination was trained by both workers
+    assert all(read_epoch(p)[0] == 1 for p in checkpoints(out).values())
+    assert len(checkpoints(out)) == 4
+    assert not math.isnan(json.loads((out / "best_params.json").read_text())["val_auc"])
