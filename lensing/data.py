@@ -296,8 +296,13 @@ class LensingDataset(Dataset):
 
         with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
             results = pool.map(read, enumerate(candidates), chunksize=64)
-            bar = tqdm(results, total=len(candidates), disable=not progress, unit="img")
-            bar.set_description(f"loading {self.split}")
+            bar = tqdm(
+                results,
+                total=len(candidates),
+                disable=not progress,
+                unit="img",
+                desc=f"loading {self.split}",
+            )
             for (path, _), (i, problem) in zip(candidates, enumerate(bar), strict=True):
                 if problem is None:
                     keep.append(i)

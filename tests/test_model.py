@@ -1,0 +1,157 @@
+"""The ResNet18 builder, its layer groups and the device/precision helpers."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torchvision
+from numpy.testing import assert_allclose
+from torch import nn
+
+from lensing.config import LAYER_GROUPS
+from lensing.model import (
+    GROUP_MODULES,
+    autocast,
+    build_model,
+    cpu_has_native_bf16,
+    layer_groups,
+    pick_device,
+    resolve_precision,
+)
+
+
+@pytest.fixture(scope="module")
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    return build_model("none")
+
+
+def test_one_channel_in_three_logits_out_every_parameter_trainable(model):
+    assert model.conv1.in_channels == 1
+    assert model.fc.out_features == 3
+    assert model.is_pretrained is False
+    assert all(p.requires_grad for p in model.parameters())
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.rand(2, 1, 150, 150)).shape == (2, 3)
+
+
+def test_layer_groups_partition_the_parameters(model):
+    groups = layer_groups(model)
+    assert list(groups) == list(LAYER_GROUPS)
+    grouped = [id(p) for params in groups.values() for p in params]
+    assert len(grouped) == len(set(grouped))  # no parameter in two groups
+    assert set(grouped) == {id(p) for p in model.parameters()}  # none left out
+    names = {id(p): name for name, p in model.named_parameters()}
+    for group, params in groups.items():
+        assert params, f"group {group} is empty"
+        for p in params:
+            assert names[id(p)].split(".")[0] in GROUP_MODULES[group]
+    assert {names[id(p)] for p in groups["fc"]} == {"fc.weight", "fc.bias"}
+    assert "conv1.weight" in {names[id(p)] for p in groups["early"]}
+
+
+def test_layer_groups_refuse_a_parameter_outside_the_groups(model):
+    extra = build_model("none")
+    extra.head = nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="head.weight"):
+        layer_groups(extra)
+
+
+@pytest.fixture
+def torchvision_weights(tmp_path):
+    """A randomly initialized torchvision resnet18 (3-channel conv1, 1000 classes), saved."""
+    torch.manual_seed(1)
+    reference = torchvision.models.resnet18()
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    return reference, path
+
+
+def test_rgb_weights_give_the_same_activations_for_a_grey_image(torchvision_weights):
+    reference, path = torchvision_weights
+    model = build_model(path)
+    assert model.is_pretrained is True
+    assert model.conv1.weight.shape == (64, 1, 7, 7)
+    grey = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    rgb = grey.repeat(1, 3, 1, 1)
+    reference.eval()
+    model.eval()
+    with torch.no_grad():
+        assert_allclose(model.conv1(grey).numpy(), reference.conv1(rgb).numpy(), atol=1e-5)
+        # The whole network up to the new fc agrees too.
+        reference.fc, model.fc = nn.Identity(), nn.Identity()
+        assert_allclose(model(grey).numpy(), reference(rgb).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_our_own_checkpoint_loads_every_weight_including_fc(tmp_path):
+    torch.manual_seed(2)
+    source = build_model("none")
+    path = tmp_path / "best_model.pth"
+    torch.save({"model": source.state_dict(), "val_auc": 0.9}, path)
+    loaded = build_model(path)
+    expected, got = source.state_dict(), loaded.state_dict()
+    assert list(expected) == list(got)
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+
+
+def test_a_bad_weights_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="neither 'imagenet', 'none' nor an existing file"):
+        build_model(tmp_path / "missing.pth")
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="junk.pth"):
+        build_model(junk)
+    tensor_file = tmp_path / "tensor.pth"
+    torch.save(torch.zeros(3), tensor_file)
+    with pytest.raises(ValueError, match="tensor.pth"):
+        build_model(tensor_file)
+    wrong = tmp_path / "vgg.pth"
+    torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, wrong)
+    with pytest.raises(ValueError, match="does not hold ResNet18 weights"):
+        build_model(wrong)
+
+
+def test_imagenet_without_network_falls_back_with_a_warning(monkeypatch, capsys):
+    def offline(*args, **kwargs):
+        raise OSError("no network (test)")
+
+    # torchvision fetches the weights through this name; the test never touches the network.
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    with pytest.warns(RuntimeWarning, match="RANDOM initialization"):
+        model = build_model("imagenet")
+    assert model.is_pretrained is False
+    assert "WARNING" in capsys.readouterr().err
+
+
+def test_pick_device():
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("auto").type in {"cpu", "cuda", "mps"}
+    with pytest.raises(ValueError, match="unknown device"):
+        pick_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            pick_device("cuda")
+
+
+def test_resolve_precision_and_autocast():
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) == "fp32"
+    assert resolve_precision("bf16", cpu) == "bf16"
+    assert resolve_precision("auto", cpu) == ("bf16" if cpu_has_native_bf16() else "fp32")
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        resolve_precision("fp16", cpu)
+    with pytest.raises(ValueError, match="unknown precision"):
+        resolve_precision("fp64", cpu)
+    a, b = torch.rand(4, 4), torch.rand(4, 4)
+    with autocast(cpu, "fp32"):
+        assert (a @ b).dtype == torch.float32
+    with autocast(cpu, "bf16"):
+        assert (a @ b).dtype == torch.bfloat16
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="unknown precision"):
+            autocast(cpu, "int8")

@@ -1,0 +1,326 @@
+"""Training: config, optimizer groups, batches, checkpoints, resume, the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_set
+
+from lensing.config import CLASSES, LAYER_GROUPS
+from lensing.data import LensingDataset
+from lensing.model import build_model, layer_groups
+from lensing.train import (
+    BEST_MODEL,
+    CHECKPOINT,
+    CONFIG_JSON,
+    TRAINING_KEYS,
+    CheckpointError,
+    TrainBatches,
+    TrainConfig,
+    _patience_exhausted,
+    cli,
+    fit,
+    load_checkpoint,
+    make_optimizer,
+)
+
+TIMING_FIELDS = {"seconds", "images_per_s"}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    """8 train, 4 val and 1 test image per class with a learnable class pattern."""
+    return write_set(tmp_path_factory.mktemp("data"), {"train": 8, "val": 4, "test": 1})
+
+
+@pytest.fixture(scope="module")
+def datasets(data_root) -> dict[str, LensingDataset]:
+    return {split: LensingDataset(data_root, split, progress=False) for split in ("train", "val")}
+
+
+def make_config(data_root: Path, out_dir: Path, **changes) -> TrainConfig:
+    values = dict(
+        data_dir=data_root,
+        out_dir=out_dir,
+        epochs=3,
+        batch_size=4,
+        lr_early=1e-3,
+        lr_middle=1e-3,
+        lr_late=1e-3,
+        lr_fc=1e-3,
+        pretrained="none",
+        precision="fp32",
+        augment="seed",  # so that resuming must also restore the augmentation generator
+        device="cpu",
+        seed=0,
+    )
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, data_root, datasets):
+    """Three epochs in one go."""
+    out = tmp_path_factory.mktemp("straight")
+    config = make_config(data_root, out, epochs=3)
+    return config, fit(config, datasets, progress=False)
+
+
+@pytest.fixture(scope="module")
+def two_epoch_run(tmp_path_factory, data_root, datasets):
+    """The same run stopped after two epochs."""
+    out = tmp_path_factory.mktemp("two_epochs")
+    config = make_config(data_root, out, epochs=2)
+    return config, fit(config, datasets, progress=False)
+
+
+def copy_run(run_dir: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(run_dir, tmp_path / "run"))
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_config_from_dict_round_trips_and_refuses_unknown_keys(tmp_path):
+    config = make_config(tmp_path, tmp_path / "out")
+    values = dataclasses.asdict(config)
+    assert TrainConfig.from_dict(json.loads(json.dumps(values))) == config
+    with pytest.raises(ValueError, match=r"unknown TrainConfig keys \['learning_rate'\]"):
+        TrainConfig.from_dict({**values, "learning_rate": 0.1})
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"precision": "fp64"}, "precision"),
+        ({"augment": "mixup"}, "augment"),
+        ({"lr_fc": -1.0}, "lr_fc"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"epochs": 2.5}, "epochs"),
+        ({"scheduler_factor": 1.0}, "scheduler_factor"),
+    ],
+)
+def test_config_refuses_bad_values(tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        make_config(tmp_path, tmp_path, **change)
+
+
+def test_each_layer_group_gets_its_own_learning_rate(tmp_path):
+    lrs = {"lr_early": 1e-5, "lr_middle": 2e-5, "lr_late": 3e-4, "lr_fc": 4e-3}
+    config = make_config(tmp_path, tmp_path, **lrs)
+    assert config.learning_rates() == {g: lrs[f"lr_{g}"] for g in LAYER_GROUPS}
+    model = build_model("none")
+    optimizer = make_optimizer(model, config)
+    groups = layer_groups(model)
+    assert [g["name"] for g in optimizer.param_groups] == list(LAYER_GROUPS)
+    for group in optimizer.param_groups:
+        assert group["lr"] == lrs[f"lr_{group['name']}"]
+        assert [id(p) for p in group["params"]] == [id(p) for p in groups[group["name"]]]
+
+
+def test_patience_counts_epochs_since_the_best_val_auc():
+    history = [{"val_auc": a} for a in (0.6, 0.8, 0.7, 0.75)]
+    assert not _patience_exhausted(history, 0)
+    assert not _patience_exhausted(history, 3)
+    assert _patience_exhausted(history, 2)
+    assert not _patience_exhausted([], 1)
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def test_in_memory_batches_cover_the_split_once_in_a_seeded_order(datasets):
+    train = datasets["train"]
+
+    def one_epoch(seed):
+        batches = TrainBatches(train, 5, torch.Generator().manual_seed(seed), torch.device("cpu"))
+        return [(x, y) for x, y in batches]
+
+    epoch = one_epoch(0)
+    assert len(epoch) == -(-len(train) // 5)
+    images = torch.cat([x for x, _ in epoch])
+    labels = torch.cat([y for _, y in epoch])
+    # Every image exactly once, each with its own label.
+    index = [int(torch.nonzero((train.images == img).flatten(1).all(1))[0]) for img in images]
+    assert sorted(index) == list(range(len(train)))
+    assert torch.equal(labels, train.labels[index])
+    again = one_epoch(0)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(epoch, again, strict=True))
+    other = one_epoch(1)
+    assert not torch.equal(images, torch.cat([x for x, _ in other]))
+
+
+def test_lazy_dataset_goes_through_a_dataloader(data_root):
+    lazy = LensingDataset(data_root, "val", in_memory=False, progress=False)
+    batches = TrainBatches(
+        lazy, 4, torch.Generator().manual_seed(0), torch.device("cpu"), num_workers=0
+    )
+    labels = torch.cat([y for _, y in batches])
+    assert sorted(labels.tolist()) == sorted(lazy.labels.tolist())
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def test_missing_truncated_and_foreign_checkpoints_are_clear_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="missing.pth does not exist"):
+        load_checkpoint(tmp_path / "missing.pth")
+
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(CheckpointError, match="junk.pth"):
+        load_checkpoint(junk)
+
+    tensor = tmp_path / "tensor.pth"
+    torch.save(torch.zeros(3), tensor)
+    with pytest.raises(CheckpointError, match="tensor.pth holds a Tensor"):
+        load_checkpoint(tensor)
+
+    partial = tmp_path / "partial.pth"
+    torch.save({"model": build_model("none").state_dict(), "epoch": 1}, partial)
+    with pytest.raises(CheckpointError, match=r"partial.pth lacks \['optimizer'"):
+        load_checkpoint(partial, require=TRAINING_KEYS)
+    assert load_checkpoint(partial)["epoch"] == 1  # enough for evaluation
+
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(partial.read_bytes()[: partial.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated.pth"):
+        load_checkpoint(truncated)
+
+    pickled_code = tmp_path / "code.pth"
+    torch.save({"model": {}, "fn": print}, pickled_code)  # not loadable with weights_only
+    with pytest.raises(CheckpointError, match="code.pth"):
+        load_checkpoint(pickled_code)
+
+
+def test_resuming_from_a_corrupt_checkpoint_names_the_file(tmp_path, data_root, datasets):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / CHECKPOINT).write_bytes(b"PK\x03\x04 half a zip")
+    with pytest.raises(CheckpointError, match=str(out / CHECKPOINT)):
+        fit(make_config(data_root, out, resume=True), datasets, progress=False)
+
+
+@pytest.mark.slow
+def test_short_run_beats_chance_and_writes_loadable_files(straight_run):
+    config, result = straight_run
+    out = Path(config.out_dir)
+    history = result["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert result["epochs_trained"] == 3 and result["start_epoch"] == 0
+    assert result["pretrained"] is False
+    # 12 validation images: chance is 0.5; the class pattern is learnable in a few steps.
+    assert result["best_val_auc"] > 0.75
+    for h in history:
+        assert {"train_loss", "val_loss", "val_auc", "images_per_s", "seconds"} <= set(h)
+    assert {g: history[0][f"lr_{g}"] for g in LAYER_GROUPS} == config.learning_rates()
+
+    checkpoint = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)
+    assert set(TRAINING_KEYS) | {"rng"} <= set(checkpoint)
+    assert checkpoint["epoch"] == 3 and checkpoint["history"] == history
+    assert checkpoint["config"] == dataclasses.asdict(config)
+
+    best = torch.load(out / BEST_MODEL, map_location="cpu", weights_only=True)
+    assert {"model", "config", "params", "classes", "val_auc", "epoch", "history"} <= set(best)
+    aucs = [h["val_auc"] for h in history]
+    assert best["val_auc"] == max(aucs) == result["best_val_auc"]
+    assert best["epoch"] == aucs.index(max(aucs)) + 1
+    assert best["params"] == config.learning_rates()
+    assert best["classes"] == list(CLASSES) and best["pretrained"] is False
+    build_model("none").load_state_dict(best["model"])
+
+    assert json.loads((out / CONFIG_JSON).read_text()) == dataclasses.asdict(config)
+
+
+@pytest.mark.slow
+def test_resume_gives_the_same_history_as_an_uninterrupted_run(
+    tmp_path, straight_run, two_epoch_run, datasets
+):
+    straight_config, straight = straight_run
+    two_config, _ = two_epoch_run
+    out = copy_run(Path(two_config.out_dir), tmp_path)
+    config = dataclasses.replace(two_config, out_dir=str(out), epochs=3, resume=True)
+    resumed = fit(config, datasets, progress=False)
+    assert resumed["start_epoch"] == 2 and resumed["epochs_trained"] == 1
+    assert len(resumed["history"]) == 3
+    for a, b in zip(resumed["history"], straight["history"], strict=True):
+        assert {k: v for k, v in a.items() if k not in TIMING_FIELDS} == {
+            k: v for k, v in b.items() if k not in TIMING_FIELDS
+        }
+    assert resumed["best_val_auc"] == straight["best_val_auc"]
+    weights = load_checkpoint(out / CHECKPOINT)["model"]
+    reference = load_checkpoint(Path(straight_config.out_dir) / CHECKPOINT)["model"]
+    for name, tensor in reference.items():
+        assert torch.equal(weights[name], tensor), name
+
+    # Asking again for the epochs already done trains nothing.
+    again = fit(config, datasets, progress=False)
+    assert again["epochs_trained"] == 0 and len(again["history"]) == 3
+
+
+@pytest.mark.slow
+def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(
+    tmp_path, two_epoch_run, datasets, monkeypatch
+):
+    two_config, _ = two_epoch_run
+    out = copy_run(Path(two_config.out_dir), tmp_path)
+    before = {name: (out / name).read_bytes() for name in (CHECKPOINT, BEST_MODEL)}
+    real_save = torch.save
+
+    def save_half_then_fail(obj, f, *args, **kwargs):
+        buffer = io.BytesIO()
+        real_save(obj, buffer, *args, **kwargs)
+        f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        raise OSError("disk full (test)")
+
+    monkeypatch.setattr(torch, "save", save_half_then_fail)
+    config = dataclasses.replace(two_config, out_dir=str(out), epochs=3, resume=True)
+    with pytest.raises(OSError, match="disk full"):
+        fit(config, datasets, progress=False)
+    monkeypatch.undo()
+
+    assert load_checkpoint(out / CHECKPOINT, require=TRAINING_KEYS)["epoch"] == 2
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert not list(out.glob(".*.tmp")), "a temporary file was left behind"
+
+
+@pytest.mark.slow
+def test_an_error_from_on_epoch_end_comes_after_the_checkpoint(tmp_path, two_epoch_run, datasets):
+    two_config, _ = two_epoch_run
+    out = copy_run(Path(two_config.out_dir), tmp_path)
+    seen = []
+
+    def stop(epoch, entry):
+        seen.append((epoch, entry["val_auc"]))
+        raise RuntimeError("pruned (test)")
+
+    config = dataclasses.replace(two_config, out_dir=str(out), epochs=4, resume=True)
+    with pytest.raises(RuntimeError, match="pruned"):
+        fit(config, datasets, progress=False, on_epoch_end=stop)
+    checkpoint = load_checkpoint(out / CHECKPOINT, require=TRAINING_KEYS)
+    assert checkpoint["epoch"] == 3
+    assert seen == [(3, checkpoint["history"][-1]["val_auc"])]
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def test_cli_writes_its_config_and_reports_bad_values(tmp_path, data_root, capsys):
+    out = tmp_path / "out"
+    common = ["--data", str(data_root), "--out", str(out), "--pretrained", "none"]
+    code = cli([*common, "--epochs", "0", "--lr-fc", "0.02", "--no-progress", "--device", "cpu"])
+    assert code == 0
+    saved = json.loads((out / CONFIG_JSON).read_text())
+    assert saved["epochs"] == 0 and saved["lr_fc"] == 0.02 and saved["pretrained"] == "none"
+    assert "no epoch trained" in capsys.readouterr().out
+
+    assert cli([*common, "--epochs", "1", "--lr-early", "-1"]) == 2
+    assert "lr_early" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli([*common, "--precision", "fp64"])
