@@ -24,11 +24,11 @@ from lensing.config import (
 # Profiles: "quick" fits about 15 minutes on a 2-core CPU; "full" is the real search.
 PROFILES = {
     "quick": {
-        "simulate": {"train": 400, "val": 150, "test": 150},  # images per class
+        "simulate": {"train": 600, "val": 150, "test": 200},  # images per class
         "parameters": {
-            "grid": {"early": [1e-4], "middle": [1e-4, 1e-3], "late": [1e-3], "fc": [1e-3]},
-            "epochs_per_combination": 4,
-            "additional_epochs": 1,
+            "grid": {"early": [3e-4, 1e-3], "middle": [1e-3], "late": [1e-3], "fc": [1e-3]},
+            "epochs_per_combination": 5,
+            "additional_epochs": 2,
             "batch_size": 32,
         },
     },
@@ -94,6 +94,8 @@ def cli(argv: list[str] | None = None) -> int:
     }
     output = run_notebook(parameters)
     minutes = (time.perf_counter() - start) / 60
-    print(f"Done in {minutes:.1f} min: {output}, {REPORTS_DIR / 'metrics.json'}, figures in "
-          f"{REPORTS_DIR / 'figures'}")
+    print(
+        f"Done in {minutes:.1f} min: {output}, {REPORTS_DIR / 'metrics.json'}, figures in "
+        f"{REPORTS_DIR / 'figures'}"
+    )
     return 0

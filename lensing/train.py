@@ -9,10 +9,30 @@
 - ``best_model.pth``: the weights with the best validation macro AUC so far, with the
   learning rates, classes, val AUC, epoch, history and whether ImageNet weights were used.
 
-Both load with ``torch.load(path, weights_only=True)``. The structure keeps one place where the
-model is wrapped (``prepare_model``), one where batches are produced (``TrainBatches``) and
-metrics computed from gathered predictions (``validate``), which is where distributed
-training would hook in.
+Both load with ``torch.load(path, weights_only=True)``.
+
+Data-parallel training: ``torchrun --nproc_per_node=N -m lensing train ...`` runs the same
+code in N processes (``lensing.distributed``; NCCL and ``cuda:LOCAL_RANK`` on GPUs, gloo on
+the CPU). Without torchrun nothing changes. Under it:
+
+- ``--batch-size`` is per process: a step's global batch is ``batch_size * world_size``. The
+  learning rates are not rescaled; scale them yourself if you change the global batch.
+- ``TrainBatches`` gives each rank a disjoint strided share of the same seeded permutation,
+  padded by wrap-around so every rank takes the same number of steps
+  (``distributed.shard_epoch``); ``prepare_model`` wraps the model in
+  DistributedDataParallel, which averages the gradients.
+- The train loss is averaged over all ranks' images and ``images_per_s`` is the rate of the
+  whole job. ``validate`` predicts a contiguous share of the split on each rank (after copying
+  rank 0's BatchNorm statistics to every rank), gathers the probabilities in split order, and
+  every rank computes the same AUC from the whole split; rank 0's numbers are then
+  broadcast, so the scheduler and early stopping decide identically everywhere.
+- Rank 0 alone reads the checkpoint to resume from (and sends it to the others), builds the
+  pretrained model (the others get its weights from DDP), writes ``config.json`` and the
+  checkpoints (the others wait at a barrier), prints, and calls ``on_epoch_end``; if that
+  raises, rank 0 re-raises and the other ranks stop after the same epoch and return.
+- The checkpoint holds every rank's RNG states (``rng_per_rank``; ``rng`` is rank 0's), so a
+  resume with the same number of processes continues exactly; with another number, the data
+  order continues and the other ranks' augmentation streams are re-seeded.
 """
 
 from __future__ import annotations
@@ -20,6 +40,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import pickle
 import random
 import sys
 import time
@@ -34,6 +55,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from lensing import distributed
 from lensing.augment import MODES as AUGMENT_MODES
 from lensing.augment import augment_batch
 from lensing.config import CLASSES, LAYER_GROUPS, MODELS_DIR, REAL_DATA_DIR, SIMULATED_DATA_DIR
@@ -84,7 +106,7 @@ class TrainConfig:
     data_dir: str = field(default_factory=default_data_dir)  # train/ val/ [test/] folders
     out_dir: str = str(MODELS_DIR)  # where checkpoint.pth, best_model.pth, config.json go
     epochs: int = 10  # total number of epochs (a resumed run trains up to this number)
-    batch_size: int = 64  # images per optimizer step
+    batch_size: int = 64  # images per optimizer step and process (x world size under torchrun)
     lr_early: float = 1e-4  # Adam lr of conv1, bn1, layer1
     lr_middle: float = 3e-4  # Adam lr of layer2
     lr_late: float = 1e-3  # Adam lr of layer3, layer4
@@ -200,7 +222,7 @@ def _rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
     version, mt_state, gauss_next = random.getstate()
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": _cuda_rng_states(),
         "numpy": {
             "keys": torch.from_numpy(keys.astype(np.int64)),
             "pos": int(pos),
@@ -215,7 +237,12 @@ def _rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
 def _set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        world = distributed.current()
+        if world.distributed:
+            cuda = state["cuda"]
+            torch.cuda.set_rng_state(cuda[world.local_rank] if len(cuda) > 1 else cuda[0])
+        else:
+            torch.cuda.set_rng_state_all(state["cuda"])
     numpy = state["numpy"]
     np.random.set_state(  # noqa: NPY002
         (
@@ -230,6 +257,26 @@ def _set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator]
     random.setstate((python["version"], tuple(python["state"]), python["gauss_next"]))
     for name, generator in generators.items():
         generator.set_state(state["generators"][name])
+
+
+def _cuda_rng_states() -> list[torch.Tensor]:
+    if not torch.cuda.is_available():
+        return []
+    # One rank per GPU: touching the other GPUs would open a context on each of them.
+    if distributed.current().distributed:
+        return [torch.cuda.get_rng_state()]
+    return torch.cuda.get_rng_state_all()
+
+
+def _augment_seed(seed: int, rank: int, epoch: int = 0) -> int:
+    """Seed of a rank's augmentation generator; rank 0 of a fresh run keeps ``seed + 1``.
+
+    Each rank draws its own augmentations: the same stream on every rank would give the
+    images at one batch position the same rotation and shift on every rank.
+    """
+    if rank == 0 and epoch == 0:
+        return seed + 1
+    return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0])
 
 
 def _cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -248,6 +295,12 @@ class TrainBatches:
     whole tensor is moved to the GPU once when it takes under a quarter of its memory, so a
     batch costs no transfer at all; otherwise batches go through pinned memory. A dataset
     without ``images`` is read by a DataLoader with ``num_workers`` processes.
+
+    In a data-parallel job (``rank``, ``world_size``; by default this process's place in the
+    current process group) every rank draws the same permutation (same seed, same draws) and
+    keeps its share of it (``distributed.shard_epoch``): disjoint, padded by wrap-around to
+    ``ceil(N / world_size)`` images per rank, so every rank takes ``len(self)`` steps of
+    ``batch_size`` images and a step's global batch is ``batch_size * world_size``.
     """
 
     def __init__(
@@ -257,11 +310,23 @@ class TrainBatches:
         generator: torch.Generator,
         device: torch.device,
         num_workers: int = 2,
+        *,
+        rank: int | None = None,
+        world_size: int | None = None,
     ) -> None:
+        world = distributed.current()
+        self.rank = world.rank if rank is None else rank
+        self.world_size = world.world_size if world_size is None else world_size
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(
+                f"rank {self.rank!r} out of range; expected 0 <= rank < {self.world_size}"
+            )
         self.batch_size = batch_size
         self.generator = generator
         self.device = device
         self.n = len(dataset)
+        # Images this rank sees per epoch (the padded share).
+        self.n_local = -(-self.n // self.world_size)
         self.loader = None
         images = getattr(dataset, "images", None)
         if images is not None:
@@ -274,23 +339,29 @@ class TrainBatches:
             self.loader = torch.utils.data.DataLoader(
                 dataset,
                 batch_size=batch_size,
-                shuffle=True,
-                generator=generator,
+                # The data generator drives the sampler only; given to the DataLoader too, it
+                # would also draw the workers' base seed and shift the order.
+                sampler=_ShareSampler(self),
                 num_workers=num_workers,
                 pin_memory=device.type == "cuda",
                 persistent_workers=num_workers > 0,
             )
 
     def __len__(self) -> int:
-        return math.ceil(self.n / self.batch_size)
+        return math.ceil(self.n_local / self.batch_size)
+
+    def epoch_order(self) -> torch.Tensor:
+        """Draw the next epoch's permutation and return this rank's share (LongTensor)."""
+        order = torch.randperm(self.n, generator=self.generator)
+        return distributed.shard_epoch(order, self.rank, self.world_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.loader is not None:
             for images, labels in self.loader:
                 yield self._to_device(images), labels.to(self.device, non_blocking=True)
             return
-        order = torch.randperm(self.n, generator=self.generator).to(self.images.device)
-        for start in range(0, self.n, self.batch_size):
+        order = self.epoch_order().to(self.images.device)
+        for start in range(0, len(order), self.batch_size):
             index = order[start : start + self.batch_size]
             images, labels = self.images[index], self.labels[index]
             if images.device != self.device:
@@ -304,15 +375,49 @@ class TrainBatches:
         return images.to(self.device, non_blocking=True)
 
 
+class _ShareSampler(torch.utils.data.Sampler):
+    """The DataLoader's order: the same seeded, sharded permutation as in memory."""
+
+    def __init__(self, batches: TrainBatches) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return self.batches.n_local
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.batches.epoch_order().tolist())
+
+
 def _cuda_memory(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).total_memory
 
 
-def prepare_model(model: nn.Module, device: torch.device, channels_last: bool = True) -> nn.Module:
-    """The model on ``device`` in its memory layout: the one place where it gets wrapped."""
+def prepare_model(
+    model: nn.Module,
+    device: torch.device,
+    channels_last: bool = True,
+    *,
+    data_parallel: bool | None = None,
+) -> nn.Module:
+    """The model on ``device`` in its memory layout: the one place where it gets wrapped.
+
+    data_parallel: wrap it in DistributedDataParallel (gradients averaged over the ranks at
+        each backward pass, rank 0's weights copied to every rank here); None: when a
+        process group of more than one process is initialized. The plain model is then
+        ``model.module``.
+    """
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if data_parallel is None:
+        data_parallel = distributed.current().distributed
+    if data_parallel:
+        model = nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            # Gradients live in the communication buckets: no copy in and out of them.
+            gradient_as_bucket_view=True,
+        )
     return model
 
 
@@ -325,7 +430,7 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Adam:
     lrs = config.learning_rates()
     groups = [
         {"params": params, "lr": lrs[name], "name": name}
-        for name, params in layer_groups(model).items()
+        for name, params in layer_groups(getattr(model, "module", model)).items()
     ]
     device_type = next(model.parameters()).device.type
     fused = device_type in {"cpu", "cuda"}
@@ -358,8 +463,11 @@ def train_one_epoch(
     """One pass over ``batches`` (images (B, 1, H, W), labels (B,) on ``device``).
 
     Returns {"train_loss": mean cross-entropy per image, "images_per_s": training throughput,
-    "images": number of images seen}.
+    "images": number of images seen}. In a data-parallel job every rank calls it on its own
+    share and all three are of the whole job: the loss averaged over every rank's images, the
+    images summed, the rate their sum over the slowest rank's time.
     """
+    world = distributed.current()
     model.train()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     total_loss = torch.zeros((), device=device, dtype=torch.float64)
@@ -384,12 +492,18 @@ def train_one_epoch(
         # Reading the loss forces a device sync, so the bar is refreshed only now and then.
         if progress and step % 10 == 0:
             elapsed = time.perf_counter() - start
-            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / elapsed:.0f}")
+            rate = seen * world.world_size / elapsed  # all ranks move in step
+            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{rate:.0f}")
+    summed_loss = float(total_loss.item())  # waits for the device, so the time is complete
+    elapsed = time.perf_counter() - start
+    if world.distributed:
+        sums = torch.tensor([summed_loss, float(seen)], dtype=torch.float64)
+        summed_loss, seen = (float(v) for v in distributed.all_reduce(sums))
+        seen = int(seen)
+        elapsed = float(distributed.all_reduce(torch.tensor(elapsed, dtype=torch.float64), "max"))
     if seen == 0:
         raise ValueError("the training split gave no batch; expected at least one image")
-    mean_loss = float(total_loss.item()) / seen
-    elapsed = time.perf_counter() - start
-    return {"train_loss": mean_loss, "images_per_s": seen / elapsed, "images": seen}
+    return {"train_loss": summed_loss / seen, "images_per_s": seen / elapsed, "images": seen}
 
 
 def validate(
@@ -404,13 +518,39 @@ def validate(
 
     The probabilities come from ``lensing.evaluate.predict`` for the whole split and the
     metrics from ``compute_metrics`` on them, so they are computed once from gathered
-    predictions.
+    predictions. In a data-parallel job each rank first takes rank 0's BatchNorm statistics
+    (so all ranks hold rank 0's model, the one that is saved), predicts its contiguous share
+    of the split (``distributed.shard_range``), and the shares are gathered in split order:
+    every rank then scores the whole split, with the same result as one process would.
     """
     from lensing.evaluate import compute_metrics, predict
 
-    probs, labels = predict(
-        model, dataset, device=device, batch_size=batch_size, precision=precision
-    )
+    world = distributed.current()
+    plain = getattr(model, "module", model)  # DDP's forward would synchronize buffers
+    if not world.distributed:
+        probs, labels = predict(
+            plain, dataset, device=device, batch_size=batch_size, precision=precision
+        )
+    else:
+        distributed.broadcast_buffers(plain)
+        start, stop = distributed.shard_range(len(dataset), world.rank, world.world_size)
+        share_probs = torch.zeros((0, len(CLASSES)), dtype=torch.float64)
+        share_labels = torch.zeros(0, dtype=torch.int64)
+        if stop > start:
+            p, y = predict(
+                plain,
+                _share(dataset, start, stop),
+                device=device,
+                batch_size=batch_size,
+                precision=precision,
+            )
+            share_probs, share_labels = torch.from_numpy(p), torch.from_numpy(y)
+        probs = distributed.gather_rows(share_probs).numpy()
+        labels = distributed.gather_rows(share_labels).numpy()
+        if len(labels) != len(dataset):
+            raise RuntimeError(
+                f"gathered {len(labels)} validation predictions; expected {len(dataset)}"
+            )
     metrics = compute_metrics(labels, probs, classes=CLASSES, n_bootstrap=0)
     picked = probs[np.arange(len(labels)), labels]
     val_loss = float(-np.mean(np.log(np.clip(picked, 1e-12, 1.0))))
@@ -419,6 +559,15 @@ def validate(
         "val_auc": metrics["auc_macro"],
         "val_accuracy": metrics["accuracy"],
     }
+
+
+def _share(dataset: Any, start: int, stop: int) -> Any:
+    """Items ``start..stop-1`` of a data set, in a form ``evaluate.predict`` accepts."""
+    if isinstance(dataset, (tuple, list)) and len(dataset) == 2:
+        return dataset[0][start:stop], dataset[1][start:stop]
+    if getattr(dataset, "images", None) is not None:
+        return dataset.images[start:stop], torch.as_tensor(dataset.labels)[start:stop]
+    return torch.utils.data.Subset(dataset, range(start, stop))
 
 
 # ----------------------------------------------------------------------------- fit
@@ -439,40 +588,71 @@ def fit(
         None.
     on_epoch_end: called as ``on_epoch_end(epoch, entry)`` (epoch counted from 1) after that
         epoch's checkpoint is safely written; it may raise (e.g. optuna.TrialPruned) to stop
-        training, and the exception propagates.
-    progress: progress bars and one log line per epoch; False keeps quiet.
+        training, and the exception propagates. In a data-parallel job it is called on rank 0
+        only; if it raises, the other ranks stop after the same epoch and return normally.
+    progress: progress bars and one log line per epoch (rank 0 only); False keeps quiet.
 
     Returns
     -------
     {"history": list of per-epoch dicts, "best_val_auc": float or None, "epochs_trained": epochs
     run by this call, "start_epoch": epochs already done before it, "checkpoint": path,
-    "best_checkpoint": path, "pretrained": bool}.
+    "best_checkpoint": path, "pretrained": bool}, the same on every rank.
+
+    Data-parallel when a process group of several processes is initialized
+    (``lensing.distributed.process_group()``, which ``python -m lensing train`` enters under
+    torchrun); every rank must then call ``fit`` with the same config.
     """
     if not isinstance(config, TrainConfig):
         raise ValueError(f"config must be a TrainConfig; got {type(config).__name__}")
+    distributed.warn_if_alone()
+    world = distributed.current()
+    progress = progress and world.is_main
     out_dir = Path(config.out_dir)
     checkpoint_path, best_path = out_dir / CHECKPOINT, out_dir / BEST_MODEL
-    device = pick_device(config.device)
+    device = distributed.rank_device(pick_device(config.device))
     precision = resolve_precision(config.precision, device)
 
-    state = None
-    if config.resume and checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path, require=TRAINING_KEYS)
-        _warn_on_changed_config(state["config"], config, checkpoint_path)
+    # Rank 0 reads the checkpoint and hands it to the others: one read, one version, and no
+    # need for a file system shared by every machine.
+    state = _on_main_then_shared(
+        lambda: _read_resume_state(config, checkpoint_path) if config.resume else None
+    )
     if datasets is None:
-        datasets = load_datasets(config, progress=progress)
+        with distributed.local_main_first():  # the first reader writes the data cache
+            datasets = load_datasets(config, progress=progress)
     for split in ("train", "val"):
         if split not in datasets:
             raise ValueError(f"datasets lacks {split!r}; expected keys 'train' and 'val'")
 
     _seed_everything(config.seed)
     generators = {
+        # The same on every rank: all ranks draw the same permutation and keep their share.
         "data": torch.Generator().manual_seed(config.seed),
-        "augment": torch.Generator().manual_seed(config.seed + 1),
+        "augment": torch.Generator().manual_seed(_augment_seed(config.seed, world.rank)),
     }
-    # Resumed weights come from the checkpoint, so the ImageNet ones need not be fetched.
-    model = build_model("none" if state else config.pretrained, num_classes=len(CLASSES))
-    pretrained = bool(state.get("pretrained", False)) if state else model.is_pretrained
+    if state is not None:
+        # Resumed weights come from the checkpoint, so the ImageNet ones need not be fetched.
+        model = build_model("none", num_classes=len(CLASSES))
+        pretrained = bool(state.get("pretrained", False))
+    else:
+        # Only rank 0 fetches or reads pretrained weights; DDP copies them to the other ranks.
+        built: dict[str, nn.Module] = {}
+
+        def build() -> bool:
+            built["model"] = build_model(config.pretrained, num_classes=len(CLASSES))
+            return built["model"].is_pretrained
+
+        pretrained = _on_main_then_shared(build)
+        model = built.get("model") or build_model("none", num_classes=len(CLASSES))
+    optimizer_state = None
+    if state is not None:
+        try:
+            model.load_state_dict(state["model"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise CheckpointError(
+                f"checkpoint {checkpoint_path} does not fit this model: {_first_line(error)}"
+            ) from error
+        optimizer_state = state["optimizer"]
     model = prepare_model(model, device, config.channels_last)
     optimizer = make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -484,8 +664,7 @@ def fit(
     start_epoch = 0
     if state is not None:
         try:
-            getattr(model, "module", model).load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
+            optimizer.load_state_dict(optimizer_state)
         except (RuntimeError, ValueError, KeyError) as error:
             raise CheckpointError(
                 f"checkpoint {checkpoint_path} does not fit this model/optimizer: "
@@ -494,26 +673,34 @@ def fit(
         scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler") and scaler.is_enabled():
             scaler.load_state_dict(state["scaler"])
-        if "rng" in state:
-            _set_rng_state(state["rng"], generators)
         history = list(state["history"])
         best_val_auc = state["best_val_auc"]
         start_epoch = int(state["epoch"])
-    atomic_write_json(out_dir / CONFIG_JSON, asdict(config))
+        if "rng" in state:
+            _restore_rng(state, generators, config.seed, start_epoch)
+    if world.is_main:
+        atomic_write_json(out_dir / CONFIG_JSON, asdict(config))
 
     batches = TrainBatches(
         datasets["train"], config.batch_size, generators["data"], device, config.num_workers
     )
     criterion = nn.CrossEntropyLoss()
+    scale = (
+        f", {world.world_size} processes x batch {config.batch_size} = global batch "
+        f"{config.batch_size * world.world_size}"
+        if world.distributed
+        else ""
+    )
     _log(
         progress,
-        f"training on {device} ({precision}), {len(datasets['train'])} train / "
+        f"training on {device} ({precision}){scale}, {len(datasets['train'])} train / "
         f"{len(datasets['val'])} val images, pretrained={pretrained}, epochs "
         f"{start_epoch + 1}..{config.epochs}",
     )
     run_start = time.perf_counter()
     epochs_trained = 0
     for epoch in range(start_epoch, config.epochs):
+        # The history is the same on every rank, so every rank stops at the same epoch.
         if _patience_exhausted(history, config.early_stopping):
             _log(progress, f"early stopping: no better val AUC in {config.early_stopping} epochs")
             break
@@ -540,7 +727,6 @@ def fit(
             precision=precision,
             batch_size=config.eval_batch_size,
         )
-        scheduler.step(val["val_auc"])
         entry = {
             "epoch": epoch + 1,
             "train_loss": trained["train_loss"],
@@ -549,46 +735,59 @@ def fit(
             "images_per_s": trained["images_per_s"],
             "seconds": time.perf_counter() - epoch_start,
         }
+        # Every rank computed the same numbers; rank 0's entry is taken so that the scheduler
+        # and early stopping cannot diverge by a rounding difference.
+        entry = distributed.broadcast_object(entry)
+        val = {key: entry[key] for key in val}
+        scheduler.step(val["val_auc"])
         history.append(entry)
-        if best_val_auc is None or val["val_auc"] > best_val_auc:
+        improved = best_val_auc is None or val["val_auc"] > best_val_auc
+        if improved:
             best_val_auc = val["val_auc"]
-            # Written before the rolling checkpoint: a crash in between re-runs this epoch,
-            # which rewrites the best model, instead of losing it.
-            atomic_torch_save(
-                {
-                    "model": _cpu_state_dict(model),
-                    "config": asdict(config),
-                    "params": config.learning_rates(),
-                    "classes": list(CLASSES),
-                    "val_auc": best_val_auc,
-                    "epoch": epoch + 1,
-                    "history": history,
-                    "pretrained": pretrained,
-                },
-                best_path,
-            )
-        checkpoint = {
-            "model": _cpu_state_dict(model),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "epoch": epoch + 1,
-            "history": history,
-            "best_val_auc": best_val_auc,
-            "config": asdict(config),
-            "rng": _rng_state(generators),
-            "pretrained": pretrained,
-            "classes": list(CLASSES),
-            "precision": precision,
-        }
-        if scaler.is_enabled():
-            checkpoint["scaler"] = scaler.state_dict()
-        atomic_torch_save(checkpoint, checkpoint_path)
+        rng_states = distributed.gather_objects(_rng_state(generators))
+        if world.is_main:
+            if improved:
+                # Written before the rolling checkpoint: a crash in between re-runs this epoch,
+                # which rewrites the best model, instead of losing it.
+                atomic_torch_save(
+                    {
+                        "model": _cpu_state_dict(model),
+                        "config": asdict(config),
+                        "params": config.learning_rates(),
+                        "classes": list(CLASSES),
+                        "val_auc": best_val_auc,
+                        "epoch": epoch + 1,
+                        "history": history,
+                        "pretrained": pretrained,
+                    },
+                    best_path,
+                )
+            checkpoint = {
+                "model": _cpu_state_dict(model),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch + 1,
+                "history": history,
+                "best_val_auc": best_val_auc,
+                "config": asdict(config),
+                "rng": rng_states[0],
+                "pretrained": pretrained,
+                "classes": list(CLASSES),
+                "precision": precision,
+                "world_size": world.world_size,
+            }
+            if world.distributed:
+                checkpoint["rng_per_rank"] = rng_states
+            if scaler.is_enabled():
+                checkpoint["scaler"] = scaler.state_dict()
+            atomic_torch_save(checkpoint, checkpoint_path)
+        distributed.barrier()  # no rank runs ahead of a checkpoint that is not yet on disk
         epochs_trained += 1
         elapsed = time.perf_counter() - run_start
         eta = elapsed / epochs_trained * (config.epochs - epoch - 1)
         _log(progress, _epoch_line(entry, config.epochs, eta))
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, entry)
+        if on_epoch_end is not None and _stopped_by(on_epoch_end, epoch + 1, entry):
+            break
     return {
         "history": history,
         "best_val_auc": best_val_auc,
@@ -598,6 +797,95 @@ def fit(
         "best_checkpoint": str(best_path),
         "pretrained": pretrained,
     }
+
+
+def _stopped_by(
+    on_epoch_end: Callable[[int, dict[str, Any]], None], epoch: int, entry: dict[str, Any]
+) -> bool:
+    """Call ``on_epoch_end`` on rank 0; True on the other ranks when it raised there.
+
+    On rank 0 its exception propagates (after the other ranks have been told to stop, so
+    none of them waits forever for the next epoch's collectives).
+    """
+    world = distributed.current()
+    error: Exception | None = None
+    if world.is_main:
+        try:
+            on_epoch_end(epoch, entry)
+        except Exception as caught:  # e.g. optuna.TrialPruned: any exception stops training
+            error = caught
+    stop = distributed.broadcast_object(error is not None)
+    if error is not None:
+        raise error
+    return stop
+
+
+def _on_main_then_shared(make: Callable[[], Any]) -> Any:
+    """``make()`` run on rank 0 only, its result (or its error) handed to every rank.
+
+    An error on rank 0 is raised on every rank (same type when it can be rebuilt from its
+    message, else RuntimeError), so no rank is left waiting in a collective.
+    """
+    world = distributed.current()
+    if not world.distributed:
+        return make()
+    result, failure = None, None
+    if world.is_main:
+        try:
+            result = make()
+        except Exception as error:
+            kind = type(error)
+            try:
+                pickle.dumps(kind)
+            except Exception:  # a class defined in a function cannot be sent
+                kind = RuntimeError
+            distributed.broadcast_object((None, (kind, str(error))))
+            raise
+    result, failure = distributed.broadcast_object((result, failure))
+    if failure is not None:
+        kind, message = failure
+        try:
+            error = kind(message)
+        except Exception:
+            error = RuntimeError(message)
+        raise error
+    return result
+
+
+def _read_resume_state(config: TrainConfig, checkpoint_path: Path) -> dict[str, Any] | None:
+    if not checkpoint_path.exists():
+        return None
+    state = load_checkpoint(checkpoint_path, require=TRAINING_KEYS)
+    _warn_on_changed_config(state["config"], config, checkpoint_path)
+    world_size = distributed.current().world_size
+    saved = int(state.get("world_size", 1))
+    if saved != world_size:
+        warnings.warn(
+            f"resuming {checkpoint_path} with {world_size} process(es); it was written by "
+            f"{saved}: the global batch changes from {saved * config.batch_size} to "
+            f"{world_size * config.batch_size} images and the augmentation draws differ",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return state
+
+
+def _restore_rng(
+    state: dict[str, Any], generators: dict[str, torch.Generator], seed: int, epoch: int
+) -> None:
+    """Each rank's own RNG states when the world size is unchanged; else rank 0's.
+
+    Rank 0's states carry the data order, which every rank shares; the other ranks'
+    augmentation generators are then seeded afresh from (seed, rank, epoch).
+    """
+    world = distributed.current()
+    per_rank = state.get("rng_per_rank") or [state["rng"]]
+    if len(per_rank) == world.world_size:
+        _set_rng_state(per_rank[world.rank], generators)
+        return
+    _set_rng_state(state["rng"], generators)
+    if world.rank > 0:
+        generators["augment"].manual_seed(_augment_seed(seed, world.rank, epoch))
 
 
 def load_datasets(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
@@ -686,7 +974,11 @@ def get_args_parser() -> argparse.ArgumentParser:
             help=f"Adam learning rate of the {group} layers (%(default)s)",
         )
     parser.add_argument(
-        "--batch-size", type=int, default=default("batch_size"), help="(%(default)s)"
+        "--batch-size",
+        type=int,
+        default=default("batch_size"),
+        help="images per step and process; under torchrun the global batch is this times "
+        "the number of processes (%(default)s)",
     )
     parser.add_argument(
         "--weight-decay", type=float, default=default("weight_decay"), help="(%(default)s)"
@@ -735,7 +1027,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def cli(argv: list[str] | None = None) -> int:
+    """``python -m lensing train``; under torchrun every process runs it (data-parallel)."""
     args = get_args_parser().parse_args(argv)
+    world = distributed.World()
     try:
         config = TrainConfig(
             data_dir=args.data,
@@ -753,10 +1047,14 @@ def cli(argv: list[str] | None = None) -> int:
             early_stopping=args.early_stopping,
             num_workers=args.num_workers,
         )
-        result = fit(config, progress=not args.no_progress)
+        with distributed.process_group(config.device) as world:
+            result = fit(config, progress=not args.no_progress)
     except (ValueError, FileNotFoundError, CheckpointError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        where = f"rank {world.rank}: " if world.distributed else ""
+        print(f"error: {where}{error}", file=sys.stderr)
         return 2
+    if not world.is_main:
+        return 0
     best = result["best_val_auc"]
     print(
         f"best val AUC {best:.4f}" if best is not None else "no epoch trained",

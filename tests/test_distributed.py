@@ -1,0 +1,294 @@
+"""Data-parallel training: each rank's share of an epoch, collectives, and real torchrun runs."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from conftest import write_set
+
+from lensing import distributed
+from lensing.data import LensingDataset
+from lensing.evaluate import compute_metrics, predict
+from lensing.model import build_model
+from lensing.train import BEST_MODEL, CHECKPOINT, CONFIG_JSON, TrainBatches, load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class NumberedImages:
+    """In-memory split whose image i is filled with the value i, so a batch names its items."""
+
+    def __init__(self, n: int) -> None:
+        self.images = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 1, 2, 2)
+        self.labels = torch.arange(n) % 3
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class NumberedFiles(NumberedImages):
+    """The same split read item by item (no ``images``), as a DataLoader reads files."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        self._images, self.images = self.images, None
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self._images[i], int(self.labels[i])
+
+
+def ids(images: torch.Tensor) -> list[int]:
+    return images[:, 0, 0, 0].long().tolist()
+
+
+def rank_epochs(dataset, batch_size: int, world_size: int, seed: int = 0) -> list[list[list[int]]]:
+    """One epoch of every rank: [rank][step] -> image ids, each rank with its own generator."""
+    epochs = []
+    for rank in range(world_size):
+        batches = TrainBatches(
+            dataset,
+            batch_size,
+            torch.Generator().manual_seed(seed),
+            torch.device("cpu"),
+            num_workers=0,
+            rank=rank,
+            world_size=world_size,
+        )
+        steps = [ids(images) for images, _ in batches]
+        assert len(steps) == len(batches)
+        epochs.append(steps)
+    return epochs
+
+
+# ----------------------------------------------------------------------------- sharding
+
+
+@pytest.mark.parametrize("n", [1, 7, 12, 13])
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4])
+def test_shares_are_equal_disjoint_up_to_the_padding_and_cover_the_epoch(n, world_size):
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(n))
+    shares = [distributed.shard_epoch(order, r, world_size) for r in range(world_size)]
+    per_rank = -(-n // world_size)
+    assert [len(s) for s in shares] == [per_rank] * world_size
+    together = torch.cat(shares).tolist()
+    assert set(together) == set(order.tolist())  # the whole split
+    # Padding wraps around the order: with N >= world size, exactly its first
+    # (per_rank * world_size - N) indices come twice and all others once.
+    pad = per_rank * world_size - n
+    counts = Counter(together)
+    assert counts == Counter((order.tolist() * world_size)[: per_rank * world_size])
+    if pad < n:
+        assert {i for i, c in counts.items() if c > 1} == set(order.tolist()[:pad])
+        assert max(counts.values()) <= 2
+    if world_size == 1:
+        assert torch.equal(shares[0], order)
+
+
+def test_shard_epoch_refuses_a_rank_outside_the_world():
+    with pytest.raises(ValueError, match="rank 2 out of range"):
+        distributed.shard_epoch(torch.arange(4), 2, 2)
+
+
+@pytest.mark.parametrize("n, world_size", [(12, 2), (13, 2), (13, 3), (30, 4)])
+def test_a_global_step_is_one_block_of_batch_times_world_images(n, world_size):
+    batch_size = 4
+    dataset = NumberedImages(n)
+    epochs = rank_epochs(dataset, batch_size, world_size)
+    steps = len(epochs[0])
+    assert all(len(e) == steps for e in epochs), "every rank takes the same number of steps"
+    per_rank = -(-n // world_size)
+    assert steps == -(-per_rank // batch_size)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0)).tolist()
+    padded = (order * world_size)[: per_rank * world_size]
+    for step in range(steps):
+        sizes = {len(e[step]) for e in epochs}
+        assert len(sizes) == 1, "ranks step with equal batches"
+        if step < steps - 1:
+            assert sizes == {batch_size}
+        glob = sorted(i for e in epochs for i in e[step])
+        block = padded[step * batch_size * world_size : (step + 1) * batch_size * world_size]
+        assert glob == sorted(block)  # global batch = per-rank batch x world size
+    # One process sees the unpadded permutation in order, batch by batch.
+    (alone,) = rank_epochs(dataset, batch_size * world_size, 1)
+    assert [i for b in alone for i in b] == order
+
+
+def test_files_read_by_a_dataloader_are_shared_like_the_in_memory_tensor():
+    memory = rank_epochs(NumberedImages(13), 4, 2, seed=3)
+    files = rank_epochs(NumberedFiles(13), 4, 2, seed=3)
+    assert memory == files
+
+
+def test_without_a_process_group_everything_is_one_process():
+    world = distributed.current()
+    assert (world.rank, world.world_size, world.distributed, world.is_main) == (0, 1, False, True)
+    x = torch.arange(5.0)
+    assert distributed.all_reduce(x) is x and distributed.gather_rows(x) is x
+    assert distributed.broadcast_object({"a": 1}) == {"a": 1}
+    assert distributed.gather_objects(3) == [3]
+    distributed.barrier()
+    with distributed.process_group("cpu") as alone:
+        assert not alone.distributed and not dist.is_initialized()
+    assert distributed.shard_range(10, 0, 1) == (0, 10)
+    assert [distributed.shard_range(7, r, 3) for r in range(3)] == [(0, 3), (3, 6), (6, 7)]
+    assert [distributed.shard_range(1, r, 2) for r in range(2)] == [(0, 1), (1, 1)]
+
+
+# ----------------------------------------------------------------------------- collectives
+
+
+def _collectives_worker(rank: int, world_size: int, port: int, results) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        n = 5  # shares of 3 and 2 rows
+        start, stop = distributed.shard_range(n, rank, world_size)
+        rows = torch.arange(start, stop, dtype=torch.float64)[:, None] * torch.ones(1, 3)
+        gathered = distributed.gather_rows(rows)
+        empty = distributed.gather_rows(torch.ones(rank, 2, dtype=torch.int64))  # 0 and 1 rows
+        total = distributed.all_reduce(torch.tensor([rank + 1.0]))
+        largest = distributed.all_reduce(torch.tensor([rank + 1.0]), "max")
+        sent = distributed.broadcast_object({"from": rank})
+        results[rank] = (gathered, empty, float(total), float(largest), sent)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_collectives_gather_uneven_shares_in_rank_order():
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_collectives_worker, args=(2, free_port(), results), nprocs=2)
+        results = dict(results)
+    expected = torch.arange(5, dtype=torch.float64)[:, None] * torch.ones(1, 3)
+    for rank in (0, 1):
+        gathered, empty, total, largest, sent = results[rank]
+        assert torch.equal(gathered, expected)
+        assert torch.equal(empty, torch.ones(1, 2, dtype=torch.int64))
+        assert (total, largest, sent) == (3.0, 2.0, {"from": 0})
+
+
+# ----------------------------------------------------------------------------- torchrun
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(
+    data: Path, out: Path, *args: str, nproc: int = 2, check: bool = True
+) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--master-addr=127.0.0.1",
+        f"--master-port={free_port()}",
+        "-m",
+        "lensing",
+        "train",
+        *("--data", str(data), "--out", str(out), "--batch-size", "4"),
+        *("--pretrained", "none", "--precision", "fp32", "--device", "cpu", "--seed", "0"),
+        *("--lr-early", "1e-3", "--lr-middle", "1e-3", "--lr-late", "1e-3", "--lr-fc", "1e-3"),
+        *args,
+    ]
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
+    done = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    if check:
+        assert done.returncode == 0, f"torchrun failed:\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+@pytest.fixture(scope="module")
+def ddp_data(tmp_path_factory) -> Path:
+    # 15 validation images: the two ranks predict shares of 8 and 7.
+    return write_set(tmp_path_factory.mktemp("ddp_data"), {"train": 11, "val": 5})
+
+
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory, ddp_data):
+    out = tmp_path_factory.mktemp("ddp") / "out"
+    done = torchrun(ddp_data, out, "--epochs", "1")
+    return out, done, load_checkpoint(out / CHECKPOINT)
+
+
+@pytest.mark.slow
+def test_torchrun_writes_one_checkpoint_and_best_model_from_rank_zero(one_epoch):
+    out, done, checkpoint = one_epoch
+    assert sorted(p.name for p in out.iterdir()) == sorted([BEST_MODEL, CHECKPOINT, CONFIG_JSON])
+    assert done.stdout.count("best val AUC") == 1, "only rank 0 prints"
+    assert done.stdout.count("epoch 1/1  train loss") == 1
+    assert "2 processes x batch 4 = global batch 8" in done.stdout
+    assert checkpoint["epoch"] == 1 and checkpoint["world_size"] == 2
+    assert len(checkpoint["history"]) == 1
+    # Each rank keeps its own augmentation stream, and both are saved.
+    states = [s["generators"]["augment"] for s in checkpoint["rng_per_rank"]]
+    assert len(states) == 2 and not torch.equal(states[0], states[1])
+    assert torch.equal(checkpoint["rng"]["generators"]["augment"], states[0])
+
+
+@pytest.mark.slow
+def test_torchrun_val_auc_is_that_of_the_whole_split(one_epoch, ddp_data):
+    out, _, checkpoint = one_epoch
+    entry = checkpoint["history"][0]
+    best = load_checkpoint(out / BEST_MODEL)
+    assert best["epoch"] == 1 and best["val_auc"] == entry["val_auc"]
+    model = build_model("none")
+    model.load_state_dict(best["model"])
+    val = LensingDataset(ddp_data, "val", progress=False)
+    probs, labels = predict(model, val, device=torch.device("cpu"), precision="fp32")
+    assert len(labels) == 15
+    metrics = compute_metrics(labels, probs, n_bootstrap=0)
+    assert entry["val_auc"] == pytest.approx(metrics["auc_macro"], abs=1e-6)
+    assert entry["val_accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-9)
+    loss = -np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)))
+    assert entry["val_loss"] == pytest.approx(loss, rel=1e-5)
+    # The weights written are the DDP model's: rank 0's BatchNorm statistics included.
+    assert torch.equal(best["model"]["bn1.running_mean"], checkpoint["model"]["bn1.running_mean"])
+
+
+@pytest.mark.slow
+def test_torchrun_resume_continues_from_the_last_epoch(one_epoch, ddp_data, tmp_path):
+    first_out, _, first = one_epoch
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in (CHECKPOINT, BEST_MODEL, CONFIG_JSON):
+        (out / name).write_bytes((first_out / name).read_bytes())
+    done = torchrun(ddp_data, out, "--epochs", "2", "--resume")
+    assert "epochs 2..2" in done.stdout and done.stdout.count("epoch 2/2  train loss") == 1
+    checkpoint = load_checkpoint(out / CHECKPOINT)
+    history = checkpoint["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert history[0] == first["history"][0]
+    assert checkpoint["epoch"] == 2 and len(checkpoint["rng_per_rank"]) == 2
+    assert sorted(p.name for p in out.iterdir()) == sorted([BEST_MODEL, CHECKPOINT, CONFIG_JSON])
+
+
+@pytest.mark.slow
+def test_torchrun_resume_from_a_corrupt_checkpoint_fails_on_every_rank(ddp_data, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / CHECKPOINT).write_bytes(b"PK\x03\x04 half a zip")
+    # Rank 0 reads the file; rank 1 must get its error instead of waiting for it forever.
+    done = torchrun(ddp_data, out, "--epochs", "1", "--resume", check=False)
+    assert done.returncode != 0
+    for rank in (0, 1):
+        assert f"error: rank {rank}: cannot read checkpoint {out / CHECKPOINT}" in done.stderr
+    assert sorted(p.name for p in out.iterdir()) == [CHECKPOINT]
