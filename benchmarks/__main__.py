@@ -1,0 +1,259 @@
+"""Benchmarks against the seed recipe: ``python -m benchmarks [--full] [--out FILE]``.
+
+Runs, in order (``--only`` picks some):
+
+- ``speed``: training images/s, the seed pipeline against ``lensing.train``'s, and against the
+  model alone (``train_speedup_vs_seed``, ``pipeline_efficiency``);
+- ``quality``: test AUC of both recipes at the same epochs (``quality``);
+- ``search``: the full grid against pruned searches (``search_cost``);
+- ``simulate``: simulator images/s (``simulate_images_per_s``);
+- ``load``: cold and cached load time of a 30,000-image split (``load_seconds``).
+
+Each prints a markdown table on stdout (progress goes to stderr) and the results, with the
+machine they ran on, are written to ``reports/benchmarks.json`` after every benchmark, so an
+interrupted run keeps what it measured. The simulated set of the quality, speed and search
+benchmarks is made once in ``data/bench_sim`` (``data/bench_sim_full`` for ``--full``) and
+reused. The quick profile takes about 15 minutes on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import (
+    BENCH_SIM_DIR,
+    BENCH_SIM_FULL_DIR,
+    ensure_sim_set,
+    first_per_class,
+    machine,
+)
+from lensing.config import DATA_DIR, REPORTS_DIR
+from lensing.io import atomic_write_json
+
+BENCHMARKS = ("speed", "quality", "search", "simulate", "load")
+TARGETS = {  # key: (threshold, "min" = at least, "max" = at most)
+    "train_speedup_vs_seed": (5.0, "min"),
+    "pipeline_efficiency": (0.90, "min"),
+    "quality_error_ratio": (0.5, "max"),
+}
+PROFILES: dict[str, dict[str, Any]] = {
+    "quick": {
+        "sim_dir": BENCH_SIM_DIR,
+        # Images per class. Fewer than ~3,000 presentations per class leave a randomly
+        # initialized ResNet18 at chance on this simulator, so quality needs 500 x 4 epochs.
+        "sim_counts": {"train": 500, "val": 100, "test": 200},
+        "batch_size": 32,
+        "speed_steps": 10,
+        "speed_warmup": 3,
+        "speed_repeats": 2,
+        "speed_compile": False,
+        "quality_epochs": 4,
+        "search_train_per_class": 200,
+        "search_epochs": 3,
+        "search_modes": ("none", "halving"),
+        "simulate_per_class": 100,
+        "load_images": 30_000,
+    },
+    "full": {
+        "sim_dir": BENCH_SIM_FULL_DIR,
+        "sim_counts": {"train": 1000, "val": 250, "test": 500},
+        "batch_size": 32,
+        "speed_steps": 30,
+        "speed_warmup": 5,
+        "speed_repeats": 3,
+        "speed_compile": True,
+        "quality_epochs": 8,
+        "search_train_per_class": 300,
+        "search_epochs": 5,
+        "search_modes": ("none", "median", "halving"),
+        "simulate_per_class": 300,
+        "load_images": 30_000,
+    },
+}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Speed and quality of the package against the seed notebook recipe. "
+        "Writes a JSON report and prints markdown tables.",
+    )
+    parser.add_argument("--full", action="store_true", help="the long profile (larger sets)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPORTS_DIR / "benchmarks.json",
+        help="JSON report (%(default)s)",
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(BENCHMARKS),
+        help=f"comma-separated subset of {','.join(BENCHMARKS)}; results already in --out "
+        "for the others are kept (default: all)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)"
+    )
+    return parser
+
+
+def _targets(results: dict[str, Any]) -> dict[str, Any]:
+    values = {
+        "train_speedup_vs_seed": results.get("train_speedup_vs_seed"),
+        "pipeline_efficiency": results.get("pipeline_efficiency"),
+        "quality_error_ratio": (results.get("quality") or {}).get("error_ratio"),
+    }
+    checked = {}
+    for key, (threshold, kind) in TARGETS.items():
+        value = values[key]
+        if value is None:
+            continue
+        met = value >= threshold if kind == "min" else value <= threshold
+        checked[key] = {
+            "value": value,
+            "target": f"{'>=' if kind == 'min' else '<='} {threshold}",
+            "met": bool(met),
+        }
+    return checked
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the chosen benchmarks, writing ``args.out`` after each; returns the results."""
+    from lensing.data import load_splits
+
+    chosen = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(BENCHMARKS))
+    if unknown:
+        raise ValueError(f"unknown benchmark(s) {unknown}; expected some of {BENCHMARKS}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads {args.threads}; expected >= 1")
+        torch.set_num_threads(args.threads)
+    profile_name = "full" if args.full else "quick"
+    profile = PROFILES[profile_name]
+    results: dict[str, Any] = {}
+    if args.out.is_file() and len(chosen) < len(BENCHMARKS):
+        results = json.loads(args.out.read_text())
+    results |= {
+        "profile": profile_name,
+        "command": "python -m benchmarks " + " ".join(sys.argv[1:]),
+        "machine": machine(),
+    }
+    tables: list[str] = []
+    started = time.perf_counter()
+
+    def save() -> None:
+        results["targets"] = _targets(results)
+        results["seconds"] = time.perf_counter() - started
+        atomic_write_json(args.out, results)
+
+    def show(table: str) -> None:
+        tables.append(table)
+        print(table + "\n", flush=True)
+
+    splits = None
+    if {"speed", "quality", "search"} & set(chosen):
+        ensure_sim_set(profile["sim_dir"], profile["sim_counts"])
+        splits = load_splits(profile["sim_dir"], progress=False)
+
+    if "speed" in chosen:
+        from benchmarks.speed import run_speed, speed_table
+
+        speed = run_speed(
+            splits["train"],
+            batch_size=profile["batch_size"],
+            steps=profile["speed_steps"],
+            warmup=profile["speed_warmup"],
+            repeats=profile["speed_repeats"],
+            compile_model=profile["speed_compile"],
+            thread_counts=(1,),
+        )
+        results["speed"] = speed
+        results["train_speedup_vs_seed"] = speed["train_speedup_vs_seed"]
+        results["pipeline_efficiency"] = speed["pipeline_efficiency"]
+        save()
+        show(speed_table(speed))
+
+    if "quality" in chosen:
+        from benchmarks.quality import quality_table, run_quality
+
+        quality = run_quality(
+            splits, profile["quality_epochs"], batch_size=profile["batch_size"], work_dir=DATA_DIR
+        )
+        results["quality"] = quality
+        save()
+        show(quality_table(quality))
+
+    if "search" in chosen:
+        from benchmarks.search_cost import run_search_cost, search_cost_table
+
+        small = {
+            "train": first_per_class(splits["train"], profile["search_train_per_class"]),
+            "val": splits["val"],
+        }
+        search = run_search_cost(
+            small,
+            epochs=profile["search_epochs"],
+            modes=profile["search_modes"],
+            base_config={"batch_size": profile["batch_size"]},
+            work_dir=DATA_DIR,
+        )
+        results["search_cost"] = search
+        save()
+        show(search_cost_table(search))
+
+    simulate = load = None
+    if "simulate" in chosen:
+        from benchmarks.data_speed import simulate_rate
+
+        simulate = simulate_rate(profile["simulate_per_class"], work_dir=DATA_DIR)
+        results["simulate_images_per_s"] = simulate["images_per_s"]
+        results["simulate"] = simulate
+        save()
+    if "load" in chosen:
+        from benchmarks.data_speed import run_load_time
+
+        if splits is None:
+            ensure_sim_set(profile["sim_dir"], profile["sim_counts"])
+            splits = load_splits(profile["sim_dir"], progress=False)
+        load = run_load_time(
+            profile["load_images"], splits["train"].images.numpy(), work_dir=DATA_DIR
+        )
+        results["load_seconds"] = load
+        save()
+    if simulate or load:
+        from benchmarks.data_speed import data_speed_table
+
+        show(data_speed_table(simulate, load))
+
+    save()
+    summary = [
+        f"- {key}: {t['value']:.3f} (target {t['target']}): {'met' if t['met'] else 'MISSED'}"
+        for key, t in results["targets"].items()
+    ]
+    show(
+        "Targets\n\n" + "\n".join(summary) + f"\n\nTotal {results['seconds']:.0f} s; "
+        f"report {args.out}"
+    )
+    return results
+
+
+def cli(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        run(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,281 @@
+"""Training throughput: the seed recipe's pipeline against the package's, and against the model
+alone.
+
+Three kinds of measurement, each a fixed number of optimizer steps after a warm-up, at the same
+batch size and the same ResNet18:
+
+- ``seed``: the notebook pipeline of :mod:`benchmarks.seed_recipe` (one ``.npy`` file per
+  image, 3 x 224 x 224, per-image torchvision transforms in DataLoader workers, fp32, Adam);
+- ``ours``: ``lensing.train``'s own pieces (``TrainBatches`` over the in-memory split,
+  ``train_one_epoch`` with batched augmentation, ``prepare_model``'s channels_last,
+  ``make_optimizer``'s fused Adam) at native 150 x 150, one channel;
+- ``model``: the same model, optimizer and ``train_one_epoch`` fed one fixed, already
+  channels_last batch without augmentation: the model's own forward + backward + step rate,
+  the ceiling of any data pipeline.
+
+``train_speedup_vs_seed`` = ours / seed and ``pipeline_efficiency`` = ours / model, both at the
+package's default precision; each measurement is repeated, alternating the order, and the
+medians are compared.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchmarks.common import log, markdown_table, spread
+from benchmarks.seed_recipe import (
+    build_seed_model,
+    seed_loader,
+    seed_optimizer,
+    seed_train_steps,
+)
+from lensing.model import build_model, resolve_precision
+from lensing.train import TrainBatches, TrainConfig, make_optimizer, prepare_model, train_one_epoch
+
+CPU = torch.device("cpu")
+
+
+def _forever(batches: Iterable) -> Iterator:
+    """Batches of epoch after epoch (each pass re-shuffles)."""
+    return itertools.chain.from_iterable(itertools.repeat(batches))
+
+
+def seed_rate(
+    files: list, labels: list[int], *, batch_size: int, steps: int, warmup: int, num_workers: int
+) -> float:
+    """Images per second of the seed recipe's training loop, DataLoader included."""
+    torch.manual_seed(0)
+    model = build_seed_model()
+    optimizer = seed_optimizer(model)
+    loader = seed_loader(files, labels, train=True, batch_size=batch_size, num_workers=num_workers)
+    stream = _forever(loader)
+    seed_train_steps(model, optimizer, stream, warmup)
+    return seed_train_steps(model, optimizer, stream, steps)["images_per_s"]
+
+
+def _our_model(batch_size: int, compile_model: bool = False) -> tuple[nn.Module, Any]:
+    torch.manual_seed(0)
+    model = prepare_model(build_model("none"), CPU, channels_last=True)
+    optimizer = make_optimizer(model, TrainConfig(batch_size=batch_size, pretrained="none"))
+    if compile_model:
+        model.compile()  # in place: the state_dict keeps its plain names
+    return model, optimizer
+
+
+def ours_rate(
+    dataset: Any,
+    *,
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    precision: str,
+    augment: str = "seed",
+    compile_model: bool = False,
+) -> dict[str, float]:
+    """Images per second of lensing.train's loop over an in-memory split (augmentation and
+    batching included), and the seconds of the warm-up steps (compilation included)."""
+    model, optimizer = _our_model(batch_size, compile_model)
+    generator = torch.Generator().manual_seed(1)
+    stream = _forever(TrainBatches(dataset, batch_size, torch.Generator().manual_seed(0), CPU))
+    options = dict(
+        device=CPU, precision=precision, augment=augment, generator=generator, progress=False
+    )
+    criterion = nn.CrossEntropyLoss()
+    start = time.perf_counter()
+    train_one_epoch(model, criterion, optimizer, itertools.islice(stream, warmup), **options)
+    warmup_seconds = time.perf_counter() - start
+    timed = itertools.islice(stream, steps)
+    rate = train_one_epoch(model, criterion, optimizer, timed, **options)["images_per_s"]
+    return {"images_per_s": rate, "warmup_seconds": warmup_seconds}
+
+
+def model_rate(
+    *, batch_size: int, steps: int, warmup: int, precision: str, compile_model: bool = False
+) -> float:
+    """Images per second of forward + backward + optimizer step on one fixed in-memory batch."""
+    model, optimizer = _our_model(batch_size, compile_model)
+    images = torch.rand(batch_size, 1, 150, 150).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 3, (batch_size,))
+    options = dict(device=CPU, precision=precision, augment="none", progress=False)
+    criterion = nn.CrossEntropyLoss()
+    train_one_epoch(model, criterion, optimizer, [(images, labels)] * warmup, **options)
+    batches = [(images, labels)] * steps
+    return train_one_epoch(model, criterion, optimizer, batches, **options)["images_per_s"]
+
+
+def run_speed(
+    train_set: Any,
+    *,
+    batch_size: int = 32,
+    steps: int = 10,
+    warmup: int = 3,
+    repeats: int = 2,
+    num_workers: int = 2,
+    precisions: tuple[str, ...] | None = None,
+    compile_model: bool = False,
+    thread_counts: tuple[int, ...] = (),
+) -> dict[str, Any]:
+    """Measure seed, ours and model-only throughput, ``repeats`` times in alternating order.
+
+    train_set: an in-memory LensingDataset (its ``files`` feed the seed pipeline, its
+    ``images`` ours). precisions: those to measure ours and the model at; default the
+    package's "auto" choice plus fp32 when they differ. compile_model: also measure ours at
+    the default precision with ``torch.compile`` (and the compile time, first and cached).
+    thread_counts: also measure the model alone at these ``torch.set_num_threads`` values.
+    Returns the ``speed`` entry of benchmarks.json.
+    """
+    package_default = resolve_precision("auto", CPU)
+    precisions = precisions or tuple(dict.fromkeys([package_default, "fp32"]))
+    # The headline figures are at the package's default, or the first precision asked for.
+    default = package_default if package_default in precisions else precisions[0]
+    files, labels = list(train_set.files), train_set.labels.tolist()
+    common = dict(batch_size=batch_size, steps=steps, warmup=warmup)
+    jobs = {"seed": lambda: seed_rate(files, labels, num_workers=num_workers, **common)}
+    for p in precisions:
+        jobs[f"ours_{p}"] = lambda p=p: ours_rate(train_set, precision=p, **common)["images_per_s"]
+        jobs[f"model_{p}"] = lambda p=p: model_rate(precision=p, **common)
+    compile_seconds: list[float] = []
+    if compile_model:
+
+        def compiled() -> float:
+            measured = ours_rate(train_set, precision=default, compile_model=True, **common)
+            compile_seconds.append(measured["warmup_seconds"])
+            return measured["images_per_s"]
+
+        jobs[f"ours_{default}_compiled"] = compiled
+    threads_now = torch.get_num_threads()
+    for n in thread_counts:
+        if n != threads_now:
+            jobs[f"model_{default}_threads{n}"] = lambda n=n: _with_threads(
+                n, lambda: model_rate(precision=default, **common)
+            )
+    rates: dict[str, list[float]] = {name: [] for name in jobs}
+    for repeat in range(repeats):
+        order = list(jobs) if repeat % 2 == 0 else list(reversed(jobs))
+        for name in order:
+            rates[name].append(jobs[name]())
+            log(f"speed repeat {repeat + 1}/{repeats}: {name} {rates[name][-1]:.1f} img/s")
+    measured = {name: spread(values) for name, values in rates.items()}
+    seed = measured["seed"]["median"]
+    result: dict[str, Any] = {
+        "batch_size": batch_size,
+        "steps": steps,
+        "warmup_steps": warmup,
+        "repeats": repeats,
+        "seed_num_workers": num_workers,
+        "package_default_precision": package_default,
+        "headline_precision": default,
+        "images_per_s": measured,
+        "train_speedup_vs_seed": measured[f"ours_{default}"]["median"] / seed,
+        "pipeline_efficiency": measured[f"ours_{default}"]["median"]
+        / measured[f"model_{default}"]["median"],
+        "by_precision": {
+            p: {
+                "train_speedup_vs_seed": measured[f"ours_{p}"]["median"] / seed,
+                "pipeline_efficiency": measured[f"ours_{p}"]["median"]
+                / measured[f"model_{p}"]["median"],
+                "model_speedup_vs_seed": measured[f"model_{p}"]["median"] / seed,
+            }
+            for p in precisions
+        },
+    }
+    result["threads"] = threads_now
+    result["model_by_threads"] = {
+        threads_now: measured[f"model_{default}"]["median"],
+        **{
+            n: measured[f"model_{default}_threads{n}"]["median"]
+            for n in thread_counts
+            if n != threads_now
+        },
+    }
+    if compile_model:
+        result["compiled"] = {
+            "train_speedup_vs_seed": measured[f"ours_{default}_compiled"]["median"] / seed,
+            "speedup_vs_eager": measured[f"ours_{default}_compiled"]["median"]
+            / measured[f"ours_{default}"]["median"],
+            "warmup_seconds_with_compile": compile_seconds,
+        }
+    return result
+
+
+def _with_threads(n: int, measure: Any) -> float:
+    """``measure()`` with torch using ``n`` threads, then the old setting back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        return measure()
+    finally:
+        torch.set_num_threads(before)
+
+
+def speed_table(result: dict[str, Any]) -> str:
+    """Markdown table of a run_speed result."""
+    rates = result["images_per_s"]
+    seed = rates["seed"]["median"]
+    rows = [
+        [
+            "seed recipe (files, 3x224x224, per-image transforms, fp32)",
+            rates["seed"]["median"],
+            f"{rates['seed']['min']:.1f}-{rates['seed']['max']:.1f}",
+            1.0,
+            "",
+        ]
+    ]
+    for precision, derived in result["by_precision"].items():
+        ours, model = rates[f"ours_{precision}"], rates[f"model_{precision}"]
+        default = " (default)" if precision == result["headline_precision"] else ""
+        rows.append(
+            [
+                f"ours, {precision}{default} (in memory, 1x150x150, batched augmentation)",
+                ours["median"],
+                f"{ours['min']:.1f}-{ours['max']:.1f}",
+                ours["median"] / seed,
+                derived["pipeline_efficiency"],
+            ]
+        )
+        rows.append(
+            [
+                f"model alone, {precision} (one fixed batch, no data path)",
+                model["median"],
+                f"{model['min']:.1f}-{model['max']:.1f}",
+                model["median"] / seed,
+                "",
+            ]
+        )
+    if "compiled" in result:
+        compiled = rates[f"ours_{result['headline_precision']}_compiled"]
+        rows.append(
+            [
+                f"ours, {result['headline_precision']}, torch.compile (warm-up incl. compile "
+                + ", ".join(f"{s:.0f}" for s in result["compiled"]["warmup_seconds_with_compile"])
+                + " s)",
+                compiled["median"],
+                f"{compiled['min']:.1f}-{compiled['max']:.1f}",
+                compiled["median"] / seed,
+                "",
+            ]
+        )
+    for n, rate in result.get("model_by_threads", {}).items():
+        if n != result["threads"]:
+            rows.append(
+                [
+                    f"model alone, {result['headline_precision']}, {n} thread(s) instead of "
+                    f"{result['threads']}",
+                    rate,
+                    "",
+                    rate / seed,
+                    "",
+                ]
+            )
+    title = (
+        f"Training throughput, ResNet18, batch {result['batch_size']}, {result['steps']} steps "
+        f"after {result['warmup_steps']} warm-up, median of {result['repeats']}"
+    )
+    table = markdown_table(["pipeline", "images/s", "range", "x seed", "of model rate"], rows)
+    return f"{title}\n\n{table}"

@@ -1,0 +1,197 @@
+"""The benchmarks' functions on tiny data: they run, measure something and report it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_set
+
+# benchmarks/ is a top-level folder beside the installed package, importable from the
+# repository root (``python -m benchmarks``) but not from pytest's tests/ path.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.__main__ import _targets, cli
+from benchmarks.common import first_per_class, machine, markdown_table, spread
+from benchmarks.data_speed import data_speed_table, run_load_time, simulate_rate
+from benchmarks.quality import quality_table, run_quality
+from benchmarks.search_cost import run_search_cost, search_cost_table
+from benchmarks.seed_recipe import (
+    INPUT_SIZE,
+    NpyFolderDataset,
+    seed_fit,
+    seed_loader,
+    seed_predict,
+    seed_transforms,
+)
+from benchmarks.speed import model_rate, ours_rate, run_speed, seed_rate, speed_table
+from lensing.config import CLASSES
+from lensing.data import LensingDataset, load_splits
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory) -> Path:
+    """6 train, 3 val and 3 test images per class with a learnable pattern."""
+    return write_set(tmp_path_factory.mktemp("bench"), {"train": 6, "val": 3, "test": 3})
+
+
+@pytest.fixture(scope="module")
+def tiny_splits(tiny_root: Path) -> dict:
+    return load_splits(tiny_root, progress=False)
+
+
+def test_seed_dataset_gives_imagenet_sized_rgb_copies(tiny_root: Path) -> None:
+    path = tiny_root / "train" / "no" / "1.npy"
+    dataset = NpyFolderDataset([path], [0], seed_transforms(train=False))
+    image, label = dataset[0]
+    assert image.shape == (3, INPUT_SIZE, INPUT_SIZE) and image.dtype == torch.float32
+    assert label == 0
+    # The three channels are copies of one grey image, normalized with different mean/std.
+    raw = (image * torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)) + torch.tensor(
+        [0.485, 0.456, 0.406]
+    ).view(3, 1, 1)
+    torch.testing.assert_close(raw[0], raw[1], atol=1e-5, rtol=0)
+    assert 0.0 <= float(raw.min()) and float(raw.max()) <= 1.0 + 1e-5
+    with pytest.raises(ValueError, match="labels"):
+        NpyFolderDataset([path], [0, 1], seed_transforms(train=True))
+
+
+def test_seed_train_transforms_are_random(tiny_root: Path) -> None:
+    path = tiny_root / "train" / "sphere" / "1.npy"
+    dataset = NpyFolderDataset([path], [1], seed_transforms(train=True))
+    torch.manual_seed(0)
+    first, second = dataset[0][0], dataset[0][0]
+    assert not torch.equal(first, second)
+
+
+@pytest.mark.slow
+def test_seed_fit_and_predict(tiny_splits: dict) -> None:
+    train, val, test = (tiny_splits[s] for s in ("train", "val", "test"))
+    trained = seed_fit(
+        (train.files, train.labels.tolist()),
+        (val.files, val.labels.tolist()),
+        epochs=1,
+        batch_size=6,
+        num_workers=0,
+    )
+    assert len(trained["history"]) == 1 and trained["best_epoch"] == 1
+    assert 0.0 <= trained["best_val_auc"] <= 1.0
+    loader = seed_loader(test.files, test.labels.tolist(), train=False, num_workers=0)
+    probs, labels = seed_predict(trained["model"], loader)
+    assert probs.shape == (len(test), len(CLASSES))
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(labels, test.labels.numpy())
+
+
+@pytest.mark.slow
+def test_throughput_functions_measure_images_per_second(tiny_splits: dict) -> None:
+    train = tiny_splits["train"]
+    common = dict(batch_size=4, steps=1, warmup=1)
+    ours = ours_rate(train, precision="fp32", augment="d4", **common)
+    assert ours["images_per_s"] > 0 and ours["warmup_seconds"] > 0
+    assert model_rate(precision="fp32", **common) > 0
+    files, labels = list(train.files), train.labels.tolist()
+    assert seed_rate(files, labels, num_workers=0, **common) > 0
+
+
+@pytest.mark.slow
+def test_run_speed_reports_ratios(tiny_splits: dict) -> None:
+    result = run_speed(
+        tiny_splits["train"], batch_size=4, steps=1, warmup=1, repeats=1, num_workers=0,
+        precisions=("fp32",),
+    )  # fmt: skip
+    rates = result["images_per_s"]
+    assert set(rates) == {"seed", "ours_fp32", "model_fp32"}
+    fp32 = result["by_precision"]["fp32"]
+    assert fp32["train_speedup_vs_seed"] == pytest.approx(
+        rates["ours_fp32"]["median"] / rates["seed"]["median"]
+    )
+    assert "seed recipe" in speed_table(result)
+
+
+@pytest.mark.slow
+def test_run_quality_scores_both_recipes(tiny_splits: dict, tmp_path: Path) -> None:
+    result = run_quality(
+        tiny_splits, epochs=1, batch_size=6, compare_precision=False, work_dir=tmp_path
+    )
+    for recipe in ("seed", "improved"):
+        entry = result[recipe]
+        assert set(entry["auc_per_class"]) == set(CLASSES)
+        low, high = entry["auc_macro_ci95"]
+        assert low <= high
+    assert result["improved"]["augment"] == "d4"
+    assert "without_tta" in result["improved"]
+    assert result["error_ratio"] == pytest.approx(
+        (1 - result["improved"]["auc_macro"]) / (1 - result["seed"]["auc_macro"])
+    )
+    assert "seed recipe" in quality_table(result)
+    assert not any(tmp_path.iterdir())  # training folders are cleaned up
+
+
+@pytest.mark.slow
+def test_search_cost_counts_epochs(tiny_splits: dict, tmp_path: Path) -> None:
+    small = {"train": first_per_class(tiny_splits["train"], 3), "val": tiny_splits["val"]}
+    assert small["train"].class_counts() == dict.fromkeys(CLASSES, 3)
+    grid = {"early": [1e-3], "middle": [1e-3], "late": [1e-4, 1e-3], "fc": [1e-3]}
+    result = run_search_cost(
+        small,
+        epochs=1,
+        modes=("none", "halving"),
+        grid=grid,
+        base_config={"batch_size": 3},
+        work_dir=tmp_path,
+    )
+    assert result["combinations"] == 2
+    assert result["modes"]["none"]["epochs_trained"] == 2
+    assert 0 < result["modes"]["halving"]["epochs_trained"] <= 2
+    assert "prune" in search_cost_table(result)
+    assert not any(tmp_path.iterdir())
+
+
+def test_load_time_writes_real_format_and_cleans_up(tiny_splits: dict, tmp_path: Path) -> None:
+    sources = tiny_splits["train"].images.numpy()
+    result = run_load_time(30, sources, work_dir=tmp_path)
+    assert result["n_images"] == 30
+    assert result["cold"] > 0 and result["cached"] > 0
+    assert not any(tmp_path.iterdir())  # the scratch split is deleted
+    assert "load 30 images" in data_speed_table(None, result)
+
+
+def test_fake_split_files_are_valid(tiny_splits: dict, tmp_path: Path) -> None:
+    from benchmarks.data_speed import write_fake_split
+
+    files = write_fake_split(tmp_path, 6, tiny_splits["train"].images.numpy())
+    assert len(files) == 6
+    array = np.load(files[0], allow_pickle=False)
+    assert array.shape == (1, 150, 150) and array.dtype == np.float64
+    assert array.min() == 0.0 and array.max() == 1.0
+    assert not np.array_equal(array, np.load(files[1], allow_pickle=False))
+    assert len(LensingDataset(tmp_path, "train", progress=False, cache=False)) == 6
+
+
+@pytest.mark.slow
+def test_simulate_rate(tmp_path: Path) -> None:
+    result = simulate_rate(1, workers=1, work_dir=tmp_path)
+    assert result["images"] == 6 and result["images_per_s"] > 0
+    assert not any(tmp_path.iterdir())
+
+
+def test_report_helpers() -> None:
+    info = machine()
+    assert info["cores"] >= 1 and info["threads"] >= 1 and info["torch"] == torch.__version__
+    assert info["auto_precision"] in {"fp32", "bf16"}
+    assert spread([3.0, 1.0, 2.0])["median"] == 2.0
+    assert markdown_table(["a", "b"], [[1.23456, "x"]]).splitlines()[2] == "| 1.235 | x |"
+    targets = _targets({"train_speedup_vs_seed": 6.0, "pipeline_efficiency": 0.5})
+    assert targets["train_speedup_vs_seed"]["met"] is True
+    assert targets["pipeline_efficiency"]["met"] is False
+    assert "quality_error_ratio" not in targets
+
+
+def test_cli_rejects_unknown_benchmark(tmp_path: Path, capsys) -> None:
+    assert cli(["--only", "nonsense", "--out", str(tmp_path / "b.json")]) == 2
+    assert "nonsense" in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()
