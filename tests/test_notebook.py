@@ -3,25 +3,19 @@
 import json
 import time
 
-import papermill
 import pytest
 import torch
 
-from lensing.config import CLASSES, NOTEBOOK
+from lensing.config import CLASSES
+from lensing.run import run_notebook
 from lensing.simulate import simulate_dataset
 
 pytestmark = pytest.mark.slow
 
 
-def execute(tmp_path, name, **parameters):
-    output = tmp_path / name
-    papermill.execute_notebook(
-        str(NOTEBOOK),
-        str(output),
-        parameters=parameters,
-        cwd=str(NOTEBOOK.parent),
-        progress_bar=False,
-    )
+def execute(tmp_path, **parameters):
+    """Run the notebook as `make run` does; return the executed notebook's JSON."""
+    output = run_notebook(parameters, out_dir=tmp_path / "executed")
     return json.loads(output.read_text())
 
 
@@ -39,7 +33,7 @@ def test_notebook_runs_end_to_end_and_resumes_on_a_second_run(tmp_path):
         "precision": "fp32",
         "tta": False,
     }
-    execute(tmp_path, "first.ipynb", **parameters)
+    execute(tmp_path, **parameters)
 
     metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())
     assert metrics["data"] == "simulated" and metrics["pretrained"] is False
@@ -59,7 +53,7 @@ def test_notebook_runs_end_to_end_and_resumes_on_a_second_run(tmp_path):
     assert len(checkpoints) == 2
     before = {p: p.stat().st_mtime_ns for p in checkpoints}
     time.sleep(0.01)
-    executed = execute(tmp_path, "second.ipynb", **parameters)
+    executed = execute(tmp_path, **parameters)
     assert {p: p.stat().st_mtime_ns for p in checkpoints} == before
     assert sorted((tmp_path / "models" / "trials").glob("*/*/checkpoint.pth")) == checkpoints
     outputs = json.dumps([c.get("outputs", []) for c in executed["cells"]])
