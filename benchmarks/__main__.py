@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -152,6 +153,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def save() -> None:
         results["targets"] = _targets(results)
         results["seconds"] = time.perf_counter() - started
+        if hasattr(os, "getloadavg"):  # other work on the machine makes figures noisy
+            results["machine"]["load_average_at_end"] = list(os.getloadavg())
         atomic_write_json(args.out, results)
 
     def show(table: str) -> None:
@@ -238,6 +241,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"- {key}: {t['value']:.3f} (target {t['target']}): {'met' if t['met'] else 'MISSED'}"
         for key, t in results["targets"].items()
     ]
+    summary = summary or ["- none measured in this run"]
     show(
         "Targets\n\n" + "\n".join(summary) + f"\n\nTotal {results['seconds']:.0f} s; "
         f"report {args.out}"
