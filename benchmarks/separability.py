@@ -68,21 +68,23 @@ def _auc(labels: np.ndarray, probs: np.ndarray) -> dict:
     return {"auc_macro": float(np.mean(list(per_class.values()))), "auc_per_class": per_class}
 
 
-def _baselines() -> dict:
+def _baselines(n_train: int) -> dict:
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+
+    components = min(PCA_COMPONENTS, n_train - 1)  # fewer on tiny sets (PCA's limit)
 
     def regression():
         return LogisticRegression(max_iter=5000)
 
     return {
         "pixel-stats": (pixel_statistics, make_pipeline(StandardScaler(), regression())),
-        f"pca-{PCA_COMPONENTS}": (
+        f"pca-{components}": (
             lambda x: x.reshape(len(x), -1),
             make_pipeline(
-                PCA(n_components=PCA_COMPONENTS, random_state=0), StandardScaler(), regression()
+                PCA(n_components=components, random_state=0), StandardScaler(), regression()
             ),
         ),
     }
@@ -102,7 +104,7 @@ def measure_separability(root: str | Path) -> dict:
     if (root / "test").is_dir():
         evaluation["test"] = load_split(root, "test")
     results = {}
-    for name, (features, model) in _baselines().items():
+    for name, (features, model) in _baselines(len(train_y)).items():
         model.fit(features(train_x), train_y)
         results[name] = {}
         for split, (x, y) in evaluation.items():

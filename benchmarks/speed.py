@@ -175,6 +175,10 @@ def run_speed(
         "train_speedup_vs_seed": measured[f"ours_{default}"]["median"] / seed,
         "pipeline_efficiency": measured[f"ours_{default}"]["median"]
         / measured[f"model_{default}"]["median"],
+        # Back-to-back pairs: the spread of the ratio under the machine's changing load.
+        "train_speedup_per_repeat": [
+            o / r for o, r in zip(rates[f"ours_{default}"], rates["seed"], strict=True)
+        ],
         "by_precision": {
             p: {
                 "train_speedup_vs_seed": measured[f"ours_{p}"]["median"] / seed,

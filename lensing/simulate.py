@@ -450,7 +450,8 @@ def simulate_dataset(
     resumes) unless ``force``; files of an earlier, larger run beyond the counts are removed.
     An existing set made with another seed or recipe is refused unless ``force``. ``workers``
     processes (default ``os.cpu_count()``) share the work; the files do not depend on it.
-    Bad input raises ValueError before anything is written.
+    Bad input raises ValueError before anything is written. The returned manifest also holds
+    ``"_run"``: {"written", "skipped", "seconds", "workers"} of this call (not in the file).
     """
     out = Path(out)
     counts = _check_counts(dict(counts))

@@ -349,3 +349,32 @@ def test_is_valid_image(tmp_path):
         "nan": False,
         "empty": False,
     }
+
+
+def test_separability_benchmark_sees_a_trivial_signal_and_runs_on_simulated_data(
+    tiny_set, tmp_path, capsys, monkeypatch
+):
+    # benchmarks/ is a top-level folder beside the package, importable from the repository root.
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))
+    from benchmarks.separability import main, measure_separability
+
+    # Classes that differ in mean brightness: pixel statistics must tell them apart.
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 30), ("val", 10)):
+        for k, name in enumerate(CLASSES):
+            for i in range(1, n + 1):
+                image = np.clip(rng.normal(0.3 + 0.2 * k, 0.1, (1, 150, 150)), 0, 1)
+                (tmp_path / "easy" / split / name).mkdir(parents=True, exist_ok=True)
+                np.save(tmp_path / "easy" / split / name / f"{i}.npy", image)
+    easy = measure_separability(tmp_path / "easy")
+    assert easy["n_train"] == 90
+    assert easy["results"]["pixel-stats"]["val"]["auc_macro"] > 0.95
+    assert set(easy["results"]) == {"pixel-stats", "pca-20"}
+
+    report = measure_separability(tiny_set)  # 2 per class: PCA falls back to 5 components
+    assert set(report["results"]["pixel-stats"]) == {"val", "test"}
+    for scores in report["results"]["pixel-stats"].values():
+        assert set(scores["auc_per_class"]) == set(CLASSES)
+    assert main(["--data", str(tiny_set), "--json", str(tmp_path / "report.json")]) == 0
+    assert "| pixel-stats | val |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "report.json").read_text())["n_train"] == 6
