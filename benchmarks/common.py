@@ -121,11 +121,12 @@ def spread(values: Sequence[float]) -> dict[str, float]:
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub markdown table; floats with 3 significant decimals unless already text."""
+    """A GitHub markdown table; floats with 3 decimals below 10, 1 below 100, else none."""
 
     def cell(value: Any) -> str:
         if isinstance(value, float):
-            return f"{value:.3f}" if abs(value) < 100 else f"{value:.0f}"
+            digits = 3 if abs(value) < 10 else 1 if abs(value) < 100 else 0
+            return f"{value:.{digits}f}"
         return str(value)
 
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]

@@ -1172,6 +1172,8 @@ def _config_fields() -> set[str]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
+    from lensing.train import AUGMENT_MODES, SCHEDULES
+
     parser = argparse.ArgumentParser(
         prog="python -m lensing search",
         description="Resumable grid search over the per-group learning rates. Re-run the same "
@@ -1200,6 +1202,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pretrained", help="imagenet, none or a weights file")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"))
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--augment", choices=AUGMENT_MODES, help="(TrainConfig default)")
+    parser.add_argument("--schedule", choices=SCHEDULES, help="lr schedule (TrainConfig default)")
     parser.add_argument(
         "--prune",
         choices=PRUNE_CHOICES,
@@ -1233,6 +1237,8 @@ def cli(argv: list[str] | None = None) -> int:
             "pretrained": args.pretrained,
             "precision": args.precision,
             "seed": args.seed,
+            "augment": args.augment,
+            "schedule": args.schedule,
         }.items()
         if value is not None
     }

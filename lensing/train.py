@@ -87,7 +87,9 @@ _RESUME_MUST_MATCH = (
     "seed",
     "scheduler_patience",
     "scheduler_factor",
+    "onecycle_warmup",
 )
+SCHEDULES = ("plateau", "onecycle")
 
 
 class CheckpointError(RuntimeError):
@@ -119,8 +121,12 @@ class TrainConfig:
     device: str = "auto"  # "auto" (cuda, mps, cpu), or "cpu", "cuda", "cuda:1", "mps"
     resume: bool = False  # continue from <out_dir>/checkpoint.pth when it exists
     early_stopping: int = 0  # stop after this many epochs without a better val AUC; 0 = off
+    # "plateau": ReduceLROnPlateau on the val AUC, once per epoch; "onecycle": per step, from
+    # lr/25 up to each group's lr over the first onecycle_warmup of the run, then cosine down.
+    schedule: str = "plateau"
     scheduler_patience: int = 2  # ReduceLROnPlateau: epochs without progress before lr drops
     scheduler_factor: float = 0.5  # ReduceLROnPlateau: lr multiplier when it drops
+    onecycle_warmup: float = 0.25  # one-cycle: share of the steps spent raising the lr
     num_workers: int = 2  # DataLoader workers when the data is not held in memory
     in_memory: bool = True  # hold each split as one tensor (2.7 GB for the real train set)
     eval_batch_size: int = 256  # images per forward pass in validation
@@ -143,6 +149,13 @@ class TrainConfig:
             lambda v: _is_number(v) and 0 < v < 1,
             "in (0, 1)",
         )
+        _require(
+            "onecycle_warmup",
+            self.onecycle_warmup,
+            lambda v: _is_number(v) and 0 < v < 1,
+            "in (0, 1)",
+        )
+        _require("schedule", self.schedule, lambda v: v in SCHEDULES, f"one of {SCHEDULES}")
         _require("precision", self.precision, lambda v: v in PRECISIONS, f"one of {PRECISIONS}")
         _require("augment", self.augment, lambda v: v in AUGMENT_MODES, f"one of {AUGMENT_MODES}")
 
@@ -442,6 +455,34 @@ def current_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     return {group["name"]: float(group["lr"]) for group in optimizer.param_groups}
 
 
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, steps: int
+) -> torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau:
+    """The learning-rate schedule ``config.schedule`` names.
+
+    "plateau": ReduceLROnPlateau on the validation macro AUC, stepped once per epoch by
+    ``fit``. "onecycle": OneCycleLR over ``steps`` optimizer steps, stepped after every
+    batch by ``train_one_epoch``; each group rises from its lr / 25 to its own lr during the
+    first ``onecycle_warmup`` of the steps, then follows a cosine down to lr / 25e4.
+    """
+    if config.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer,
+            mode="max",
+            factor=config.scheduler_factor,
+            patience=config.scheduler_patience,
+        )
+    if steps < 2:
+        raise ValueError(f"a one-cycle schedule needs at least 2 steps; the run has {steps}")
+    lrs = config.learning_rates()
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=[lrs[group["name"]] for group in optimizer.param_groups],
+        total_steps=steps,
+        pct_start=config.onecycle_warmup,
+    )
+
+
 # ----------------------------------------------------------------------------- steps
 
 
@@ -456,11 +497,14 @@ def train_one_epoch(
     augment: str = "none",
     generator: torch.Generator | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    step_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     channels_last: bool = True,
     progress: bool = True,
     description: str = "train",
 ) -> dict[str, float]:
     """One pass over ``batches`` (images (B, 1, H, W), labels (B,) on ``device``).
+
+    step_scheduler: a per-step schedule (one-cycle), stepped after every optimizer step.
 
     Returns {"train_loss": mean cross-entropy per image, "images_per_s": training throughput,
     "images": number of images seen}. In a data-parallel job every rank calls it on its own
@@ -487,6 +531,8 @@ def train_one_epoch(
         else:
             loss.backward()
             optimizer.step()
+        if step_scheduler is not None:
+            step_scheduler.step()
         total_loss += loss.detach().double() * len(labels)
         seen += len(labels)
         # Reading the loss forces a device sync, so the bar is refreshed only now and then.
@@ -655,9 +701,10 @@ def fit(
         optimizer_state = state["optimizer"]
     model = prepare_model(model, device, config.channels_last)
     optimizer = make_optimizer(model, config)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="max", factor=config.scheduler_factor, patience=config.scheduler_patience
+    batches = TrainBatches(
+        datasets["train"], config.batch_size, generators["data"], device, config.num_workers
     )
+    scheduler = make_scheduler(optimizer, config, len(batches) * config.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     history: list[dict[str, Any]] = []
     best_val_auc: float | None = None
@@ -676,14 +723,19 @@ def fit(
         history = list(state["history"])
         best_val_auc = state["best_val_auc"]
         start_epoch = int(state["epoch"])
+        replan = config.schedule == "onecycle" and config.epochs > start_epoch
+        if replan and scheduler.total_steps != len(batches) * config.epochs:
+            # Another number of epochs than the cycle was planned for (continue_training):
+            # a new cycle over the epochs still to run, with the same peak learning rates.
+            remaining = len(batches) * (config.epochs - start_epoch)
+            scheduler = make_scheduler(optimizer, config, remaining)
+            _log(progress, f"one-cycle schedule: a new cycle over {remaining} steps")
         if "rng" in state:
             _restore_rng(state, generators, config.seed, start_epoch)
     if world.is_main:
         atomic_write_json(out_dir / CONFIG_JSON, asdict(config))
 
-    batches = TrainBatches(
-        datasets["train"], config.batch_size, generators["data"], device, config.num_workers
-    )
+    per_step = scheduler if config.schedule == "onecycle" else None
     criterion = nn.CrossEntropyLoss()
     scale = (
         f", {world.world_size} processes x batch {config.batch_size} = global batch "
@@ -716,6 +768,7 @@ def fit(
             augment=config.augment,
             generator=generators["augment"],
             scaler=scaler,
+            step_scheduler=per_step,
             channels_last=config.channels_last,
             progress=progress,
             description=f"epoch {epoch + 1}/{config.epochs}",
@@ -739,7 +792,8 @@ def fit(
         # and early stopping cannot diverge by a rounding difference.
         entry = distributed.broadcast_object(entry)
         val = {key: entry[key] for key in val}
-        scheduler.step(val["val_auc"])
+        if per_step is None:
+            scheduler.step(val["val_auc"])
         history.append(entry)
         improved = best_val_auc is None or val["val_auc"] > best_val_auc
         if improved:
@@ -856,6 +910,13 @@ def _read_resume_state(config: TrainConfig, checkpoint_path: Path) -> dict[str, 
     if not checkpoint_path.exists():
         return None
     state = load_checkpoint(checkpoint_path, require=TRAINING_KEYS)
+    saved_schedule = state["config"].get("schedule", "plateau")  # older checkpoints: plateau
+    if saved_schedule != config.schedule:
+        raise CheckpointError(
+            f"checkpoint {checkpoint_path} was trained with schedule {saved_schedule!r}; "
+            f"this run asks for {config.schedule!r}. Resume with --schedule {saved_schedule} "
+            "or train into another folder"
+        )
     _warn_on_changed_config(state["config"], config, checkpoint_path)
     world_size = distributed.current().world_size
     saved = int(state.get("world_size", 1))
@@ -1004,6 +1065,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="seed: flip, rotate, shift, zoom; d4: flips and 90-degree turns (%(default)s)",
     )
     parser.add_argument(
+        "--schedule",
+        default=default("schedule"),
+        choices=SCHEDULES,
+        help="plateau: ReduceLROnPlateau on the val AUC each epoch; onecycle: per-step "
+        "warm-up to each group's lr, then cosine decay (%(default)s)",
+    )
+    parser.add_argument(
         "--early-stopping",
         type=int,
         default=default("early_stopping"),
@@ -1041,6 +1109,7 @@ def cli(argv: list[str] | None = None) -> int:
             pretrained=args.pretrained,
             precision=args.precision,
             augment=args.augment,
+            schedule=args.schedule,
             seed=args.seed,
             device=args.device,
             resume=args.resume,

@@ -184,7 +184,8 @@ def test_report_helpers() -> None:
     assert info["cores"] >= 1 and info["threads"] >= 1 and info["torch"] == torch.__version__
     assert info["auto_precision"] in {"fp32", "bf16"}
     assert spread([3.0, 1.0, 2.0])["median"] == 2.0
-    assert markdown_table(["a", "b"], [[1.23456, "x"]]).splitlines()[2] == "| 1.235 | x |"
+    row = markdown_table(list("abcd"), [[1.23456, 24.94, 137.4, "x"]]).splitlines()[2]
+    assert row == "| 1.235 | 24.9 | 137 | x |"
     targets = _targets({"train_speedup_vs_seed": 6.0, "pipeline_efficiency": 0.5})
     assert targets["train_speedup_vs_seed"]["met"] is True
     assert targets["pipeline_efficiency"]["met"] is False

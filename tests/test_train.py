@@ -28,6 +28,7 @@ from lensing.train import (
     fit,
     load_checkpoint,
     make_optimizer,
+    make_scheduler,
 )
 
 TIMING_FIELDS = {"seconds", "images_per_s"}
@@ -104,6 +105,8 @@ def test_config_from_dict_round_trips_and_refuses_unknown_keys(tmp_path):
         ({"batch_size": 0}, "batch_size"),
         ({"epochs": 2.5}, "epochs"),
         ({"scheduler_factor": 1.0}, "scheduler_factor"),
+        ({"schedule": "cosine"}, "schedule"),
+        ({"onecycle_warmup": 0.0}, "onecycle_warmup"),
     ],
 )
 def test_config_refuses_bad_values(tmp_path, change, message):
@@ -122,6 +125,26 @@ def test_each_layer_group_gets_its_own_learning_rate(tmp_path):
     for group in optimizer.param_groups:
         assert group["lr"] == lrs[f"lr_{group['name']}"]
         assert [id(p) for p in group["params"]] == [id(p) for p in groups[group["name"]]]
+
+
+def test_one_cycle_warms_up_to_each_groups_lr_then_decays(tmp_path):
+    lrs = {"lr_early": 1e-4, "lr_middle": 2e-4, "lr_late": 5e-4, "lr_fc": 1e-3}
+    config = make_config(tmp_path, tmp_path, schedule="onecycle", **lrs)
+    optimizer = make_optimizer(build_model("none"), config)
+    scheduler = make_scheduler(optimizer, config, steps=20)
+    seen = []
+    for _ in range(20):
+        seen.append([group["lr"] for group in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    peaks = [lrs[f"lr_{g}"] for g in LAYER_GROUPS]
+    assert seen[0] == pytest.approx([p / 25 for p in peaks])
+    top = max(range(20), key=lambda i: seen[i][0])
+    assert top == round(0.25 * 20) - 1  # the warm-up is the first quarter of the steps
+    assert seen[top] == pytest.approx(peaks)
+    assert seen[-1] < seen[top] and seen[-1][3] < 1e-3 / 25
+    with pytest.raises(ValueError, match="at least 2 steps"):
+        make_scheduler(optimizer, config, steps=1)
 
 
 def test_patience_counts_epochs_since_the_best_val_auc():
@@ -324,3 +347,39 @@ def test_cli_writes_its_config_and_reports_bad_values(tmp_path, data_root, capsy
     assert "lr_early" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli([*common, "--precision", "fp64"])
+
+
+@pytest.mark.slow
+def test_one_cycle_resumes_exactly_and_starts_a_new_cycle_for_more_epochs(
+    tmp_path, data_root, datasets
+):
+    straight = fit(
+        make_config(data_root, tmp_path / "a", schedule="onecycle"), datasets, progress=False
+    )
+
+    def stop_after_two(epoch, entry):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    config = make_config(data_root, tmp_path / "b", schedule="onecycle")
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, datasets, on_epoch_end=stop_after_two, progress=False)
+    resumed = fit(dataclasses.replace(config, resume=True), datasets, progress=False)
+    assert resumed["start_epoch"] == 2
+    for a, b in zip(resumed["history"], straight["history"], strict=True):
+        assert {k: v for k, v in a.items() if k not in TIMING_FIELDS} == {
+            k: v for k, v in b.items() if k not in TIMING_FIELDS
+        }
+    # The learning rate went up and came back down within the three epochs.
+    fc = [entry["lr_fc"] for entry in straight["history"]]
+    assert fc[0] < fc[1] and fc[2] < fc[1]
+
+    # Two more epochs than planned: a new cycle over them, starting again at lr / 25.
+    more = fit(dataclasses.replace(config, resume=True, epochs=5), datasets, progress=False)
+    assert more["history"][3]["lr_fc"] == pytest.approx(1e-3 / 25)
+    steps = len(TrainBatches(datasets["train"], 4, torch.Generator(), torch.device("cpu")))
+    state = load_checkpoint(tmp_path / "b" / CHECKPOINT, require=TRAINING_KEYS)
+    assert state["scheduler"]["total_steps"] == 2 * steps
+
+    with pytest.raises(CheckpointError, match="schedule 'onecycle'"):
+        fit(dataclasses.replace(config, resume=True, schedule="plateau"), datasets, progress=False)
