@@ -723,11 +723,11 @@ def fit(
         history = list(state["history"])
         best_val_auc = state["best_val_auc"]
         start_epoch = int(state["epoch"])
-        replan = config.schedule == "onecycle" and config.epochs > start_epoch
-        if replan and scheduler.total_steps != len(batches) * config.epochs:
-            # Another number of epochs than the cycle was planned for (continue_training):
-            # a new cycle over the epochs still to run, with the same peak learning rates.
-            remaining = len(batches) * (config.epochs - start_epoch)
+        remaining = len(batches) * (config.epochs - start_epoch)
+        replan = config.schedule == "onecycle" and remaining > 0
+        if replan and scheduler.last_epoch + remaining != scheduler.total_steps:
+            # The saved cycle does not end with this run's last epoch (continue_training asks
+            # for more epochs): a new cycle over the epochs still to run, same peak rates.
             scheduler = make_scheduler(optimizer, config, remaining)
             _log(progress, f"one-cycle schedule: a new cycle over {remaining} steps")
         if "rng" in state:

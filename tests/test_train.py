@@ -374,12 +374,22 @@ def test_one_cycle_resumes_exactly_and_starts_a_new_cycle_for_more_epochs(
     fc = [entry["lr_fc"] for entry in straight["history"]]
     assert fc[0] < fc[1] and fc[2] < fc[1]
 
-    # Two more epochs than planned: a new cycle over them, starting again at lr / 25.
-    more = fit(dataclasses.replace(config, resume=True, epochs=5), datasets, progress=False)
+    # Two more epochs than planned: a new cycle over them, starting again at lr / 25; when
+    # that is interrupted too, the resume continues the new cycle instead of starting a third.
+    def stop_after_four(epoch, entry):
+        if epoch == 4:
+            raise KeyboardInterrupt
+
+    longer = dataclasses.replace(config, resume=True, epochs=5)
+    with pytest.raises(KeyboardInterrupt):
+        fit(longer, datasets, on_epoch_end=stop_after_four, progress=False)
+    more = fit(longer, datasets, progress=False)
+    assert more["start_epoch"] == 4
     assert more["history"][3]["lr_fc"] == pytest.approx(1e-3 / 25)
+    assert more["history"][4]["lr_fc"] > 10 * 1e-3 / 25  # mid-cycle, not a fresh start
     steps = len(TrainBatches(datasets["train"], 4, torch.Generator(), torch.device("cpu")))
     state = load_checkpoint(tmp_path / "b" / CHECKPOINT, require=TRAINING_KEYS)
-    assert state["scheduler"]["total_steps"] == 2 * steps
+    assert state["scheduler"]["total_steps"] == state["scheduler"]["last_epoch"] == 2 * steps
 
     with pytest.raises(CheckpointError, match="schedule 'onecycle'"):
         fit(dataclasses.replace(config, resume=True, schedule="plateau"), datasets, progress=False)
