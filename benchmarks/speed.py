@@ -59,7 +59,8 @@ def seed_rate(
     return seed_train_steps(model, optimizer, stream, steps)["images_per_s"]
 
 
-def _our_model(batch_size: int, compile_model: bool = False) -> tuple[nn.Module, Any]:
+def our_model(batch_size: int, compile_model: bool = False) -> tuple[nn.Module, Any]:
+    """The package's ResNet18 (random init, channels_last, on the CPU) and its fused Adam."""
     torch.manual_seed(0)
     model = prepare_model(build_model("none"), CPU, channels_last=True)
     optimizer = make_optimizer(model, TrainConfig(batch_size=batch_size, pretrained="none"))
@@ -80,7 +81,7 @@ def ours_rate(
 ) -> dict[str, float]:
     """Images per second of lensing.train's loop over an in-memory split (augmentation and
     batching included), and the seconds of the warm-up steps (compilation included)."""
-    model, optimizer = _our_model(batch_size, compile_model)
+    model, optimizer = our_model(batch_size, compile_model)
     generator = torch.Generator().manual_seed(1)
     stream = _forever(TrainBatches(dataset, batch_size, torch.Generator().manual_seed(0), CPU))
     options = dict(
@@ -99,7 +100,7 @@ def model_rate(
     *, batch_size: int, steps: int, warmup: int, precision: str, compile_model: bool = False
 ) -> float:
     """Images per second of forward + backward + optimizer step on one fixed in-memory batch."""
-    model, optimizer = _our_model(batch_size, compile_model)
+    model, optimizer = our_model(batch_size, compile_model)
     images = torch.rand(batch_size, 1, 150, 150).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 3, (batch_size,))
     options = dict(device=CPU, precision=precision, augment="none", progress=False)

@@ -17,6 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.__main__ import _targets, cli
 from benchmarks.common import first_per_class, machine, markdown_table, spread
 from benchmarks.data_speed import data_speed_table, run_load_time, simulate_rate
+from benchmarks.profile_step import main as profile_main
+from benchmarks.profile_step import profile_step
 from benchmarks.quality import quality_table, run_quality
 from benchmarks.search_cost import run_search_cost, search_cost_table
 from benchmarks.seed_recipe import (
@@ -196,3 +198,14 @@ def test_cli_rejects_unknown_benchmark(tmp_path: Path, capsys) -> None:
     assert cli(["--only", "nonsense", "--out", str(tmp_path / "b.json")]) == 2
     assert "nonsense" in capsys.readouterr().err
     assert not (tmp_path / "b.json").exists()
+
+
+def test_profile_step_splits_the_step_time_by_operator_kind(capsys) -> None:
+    result = profile_step(batch_size=2, steps=1, warmup=1, precision="fp32")
+    shares = result["shares"]
+    assert sum(shares.values()) == pytest.approx(1.0)
+    # A ResNet18 step is mostly convolutions, forward and backward.
+    assert shares["convolution backward"] > 0.1 and shares["convolution forward"] > 0.05
+    assert profile_main(["--precision", "fp32", "--batch-size", "2", "--steps", "1"]) == 0
+    assert "| convolution backward |" in capsys.readouterr().out
+    assert profile_main(["--steps", "0"]) == 2
