@@ -13,7 +13,7 @@ Each prints a markdown table on stdout (progress goes to stderr) and the results
 machine they ran on, are written to ``reports/benchmarks.json`` after every benchmark, so an
 interrupted run keeps what it measured. The simulated set of the quality, speed and search
 benchmarks is made once in ``data/bench_sim`` (``data/bench_sim_full`` for ``--full``) and
-reused. The quick profile takes about 15 minutes on a 2-core CPU.
+reused. The quick profile takes about 16 minutes on a 2-core CPU.
 """
 
 from __future__ import annotations
