@@ -1,9 +1,10 @@
 """Where a training step's time goes: ``python -m benchmarks.profile_step [--precision P]``.
 
 Profiles ``lensing.train.train_one_epoch`` on one fixed in-memory batch (the "model alone"
-measurement of :mod:`benchmarks.speed`) with ``torch.profiler`` and prints the share of the
-step's CPU time spent in each kind of operator: convolution backward and forward, batch norm,
-dtype casts and copies, the optimizer, and the rest. It answers "what limits the speed now".
+measurement of :mod:`benchmarks.speed`, ``one_batch_epoch``) with ``torch.profiler`` and prints
+the share of the step's CPU time spent in each kind of operator: convolution backward and
+forward, batch norm, dtype casts and copies, the optimizer, and the rest. It answers "what
+limits the speed now".
 """
 
 from __future__ import annotations
@@ -12,14 +13,11 @@ import argparse
 import sys
 from typing import Any
 
-import torch
-from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.common import markdown_table
-from benchmarks.speed import CPU, our_model
+from benchmarks.speed import CPU, one_batch_epoch, our_model
 from lensing.model import resolve_precision
-from lensing.train import train_one_epoch
 
 # Operator kinds, matched in order against the profiler's aten operator names.
 KINDS = (
@@ -45,13 +43,10 @@ def profile_step(
     "images_per_s", "shares": {kind: share of the self CPU time}}."""
     precision = resolve_precision(precision, CPU)
     model, optimizer = our_model(batch_size)
-    images = torch.rand(batch_size, 1, 150, 150).contiguous(memory_format=torch.channels_last)
-    labels = torch.randint(0, 3, (batch_size,))
-    options = dict(device=CPU, precision=precision, augment="none", progress=False)
-    criterion = nn.CrossEntropyLoss()
-    train_one_epoch(model, criterion, optimizer, [(images, labels)] * warmup, **options)
+    options = dict(batch_size=batch_size, precision=precision)
+    one_batch_epoch(model, optimizer, warmup, **options)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        rate = train_one_epoch(model, criterion, optimizer, [(images, labels)] * steps, **options)
+        rate = one_batch_epoch(model, optimizer, steps, **options)
     totals: dict[str, float] = {kind: 0.0 for kind, _ in KINDS} | {"other": 0.0}
     for event in prof.key_averages():
         totals[_kind(event.key)] += event.self_cpu_time_total

@@ -96,18 +96,34 @@ def ours_rate(
     return {"images_per_s": rate, "warmup_seconds": warmup_seconds}
 
 
+def one_batch_epoch(
+    model: nn.Module, optimizer: Any, steps: int, *, batch_size: int, precision: str
+) -> dict[str, float]:
+    """``train_one_epoch`` over ``steps`` repeats of one random in-memory batch: the model's
+    forward, backward and optimizer step with no data path."""
+    images = torch.rand(batch_size, 1, 150, 150).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 3, (batch_size,))
+    batches = [(images, labels)] * steps
+    return train_one_epoch(
+        model,
+        nn.CrossEntropyLoss(),
+        optimizer,
+        batches,
+        device=CPU,
+        precision=precision,
+        augment="none",
+        progress=False,
+    )
+
+
 def model_rate(
     *, batch_size: int, steps: int, warmup: int, precision: str, compile_model: bool = False
 ) -> float:
     """Images per second of forward + backward + optimizer step on one fixed in-memory batch."""
     model, optimizer = our_model(batch_size, compile_model)
-    images = torch.rand(batch_size, 1, 150, 150).contiguous(memory_format=torch.channels_last)
-    labels = torch.randint(0, 3, (batch_size,))
-    options = dict(device=CPU, precision=precision, augment="none", progress=False)
-    criterion = nn.CrossEntropyLoss()
-    train_one_epoch(model, criterion, optimizer, [(images, labels)] * warmup, **options)
-    batches = [(images, labels)] * steps
-    return train_one_epoch(model, criterion, optimizer, batches, **options)["images_per_s"]
+    options = dict(batch_size=batch_size, precision=precision)
+    one_batch_epoch(model, optimizer, warmup, **options)
+    return one_batch_epoch(model, optimizer, steps, **options)["images_per_s"]
 
 
 def run_speed(
