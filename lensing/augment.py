@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-MODES = ("seed", "d4", "none")
+from lensing.config import AUGMENTATIONS, canonical_augmentation
+
 # The seed recipe's random transforms: flip, rotation, shift and zoom bounds.
 MAX_ROTATION_DEG = 10.0  # rotation uniform in [-10, 10] degrees
 MAX_TRANSLATION = 0.05  # shift uniform in [-5%, 5%] of the image side, per axis
@@ -38,14 +39,16 @@ def d4_views(x: Tensor) -> list[Tensor]:
 def augment_batch(x: Tensor, mode: str, generator: torch.Generator | None = None) -> Tensor:
     """A randomly transformed copy of a batch, each image with its own transform.
 
-    x: (N, C, H, W) float tensor on any device. mode: "seed" (random horizontal flip, rotation
-    up to 10 degrees, shift up to 5 % and zoom 0.95-1.05, bilinear, zero fill, like the seed
-    recipe), "d4" (one of the 8 exact flips/90-degree rotations per image; needs H == W) or
-    "none" (x itself). generator: source of the random draws (a CPU generator works for a
-    batch on any device); the same generator state gives the same output.
+    x: (N, C, H, W) float tensor on any device. mode: "flip-affine" (random horizontal flip,
+    rotation up to 10 degrees, shift up to 5 % and zoom 0.95-1.05, bilinear, zero fill, the seed
+    notebook's recipe; "seed" is its old name), "d4" (one of the 8 exact flips/90-degree
+    rotations per image; needs H == W) or "none" (x itself). generator: source of the random
+    draws (a CPU generator works for a batch on any device); the same generator state gives the
+    same output.
     """
-    if mode not in MODES:
-        raise ValueError(f"unknown augmentation mode {mode!r}; expected one of {MODES}")
+    mode = canonical_augmentation(mode)
+    if mode not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation mode {mode!r}; expected one of {AUGMENTATIONS}")
     if mode == "none":
         return x
     _check_batch(x, square=mode == "d4")

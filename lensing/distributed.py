@@ -22,14 +22,17 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import pickle
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from lensing.runtime import pick_device, unwrap
 
 # Environment variables torchrun (torch.distributed.run) sets for every process it starts.
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -97,7 +100,7 @@ def _env_int(name: str, default: int) -> int:
 def process_group(device: str = "auto") -> Iterator[World]:
     """Join the process group torchrun's environment describes, for the duration of the block.
 
-    device: the training device as given to ``lensing.model.pick_device`` ("auto", "cpu",
+    device: the training device as given to ``lensing.runtime.pick_device`` ("auto", "cpu",
         "cuda", ...). A CUDA device means the NCCL backend and ``cuda:LOCAL_RANK`` for this
         process; anything else means gloo on the CPU.
 
@@ -112,8 +115,6 @@ def process_group(device: str = "auto") -> Iterator[World]:
         return
     if not dist.is_available():
         raise RuntimeError("this torch build has no torch.distributed; cannot run under torchrun")
-    from lensing.model import pick_device
-
     kind = pick_device(device).type
     local_rank = _env_int("LOCAL_RANK", 0)
     local_world_size = _env_int("LOCAL_WORLD_SIZE", 1)
@@ -311,7 +312,7 @@ def broadcast_buffers(model: nn.Module, src: int = 0) -> None:
         return
     device = _comm_device()
     with torch.no_grad():
-        for buffer in getattr(model, "module", model).buffers():
+        for buffer in unwrap(model).buffers():
             staged = buffer.detach().to(device, copy=True)
             dist.broadcast(staged, src=src)
             buffer.copy_(staged.to(buffer.device))
@@ -327,3 +328,52 @@ def warn_if_alone() -> None:
             RuntimeWarning,
             stacklevel=3,
         )
+
+
+def on_main_then_shared(make: Callable[[], Any]) -> Any:
+    """``make()`` run on rank 0 only, its result (or its error) handed to every rank.
+
+    An error on rank 0 is raised on every rank (same type when it can be rebuilt from its
+    message, else RuntimeError), so no rank is left waiting in a collective.
+    """
+    if not current().distributed:
+        return make()
+    result, failure = None, None
+    if current().is_main:
+        try:
+            result = make()
+        except Exception as error:
+            kind = type(error)
+            try:
+                pickle.dumps(kind)
+            except Exception:  # a class defined in a function cannot be sent
+                kind = RuntimeError
+            broadcast_object((None, (kind, str(error))))
+            raise
+    result, failure = broadcast_object((result, failure))
+    if failure is not None:
+        kind, message = failure
+        try:
+            error = kind(message)
+        except Exception:
+            error = RuntimeError(message)
+        raise error
+    return result
+
+
+def stopped_by(callback: Callable[..., None], *args: Any) -> bool:
+    """Call ``callback(*args)`` on rank 0; True on the other ranks when it raised there.
+
+    On rank 0 its exception propagates (after the other ranks have been told to stop, so
+    none of them waits forever for the next collective).
+    """
+    error: Exception | None = None
+    if current().is_main:
+        try:
+            callback(*args)
+        except Exception as caught:  # e.g. optuna.TrialPruned: any exception stops training
+            error = caught
+    stop = broadcast_object(error is not None)
+    if error is not None:
+        raise error
+    return stop

@@ -1,12 +1,8 @@
-"""The classifier: a torchvision ResNet18 with a one-channel stem and three outputs.
-
-Also the small device helpers every training and evaluation path shares: which device to use,
-which floating-point precision to run in, and the autocast context that applies it.
-"""
+"""The classifier: a torchvision ResNet18 with a one-channel stem and three outputs, its layer
+groups, and its placement on a device (memory layout, DistributedDataParallel wrapper)."""
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import sys
 import warnings
@@ -16,16 +12,17 @@ import torch
 from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
+from lensing import distributed
 from lensing.config import CLASSES, LAYER_GROUPS
+from lensing.runtime import plain_state_dict, unwrap
 
-# Top-level ResNet18 modules of each layer group (DESIGN.md, "Layer groups").
+# Top-level ResNet18 modules of each layer group; each group gets its own learning rate.
 GROUP_MODULES = {
     "early": ("conv1", "bn1", "layer1"),
     "middle": ("layer2",),
     "late": ("layer3", "layer4"),
     "fc": ("fc",),
 }
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Seconds without an answer before the ImageNet download is given up (a machine whose DNS
 # resolves but whose traffic is dropped would otherwise hang for minutes).
 DOWNLOAD_TIMEOUT_S = 15.0
@@ -131,7 +128,7 @@ def _load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str)
     """Load a resnet18 state_dict into ``model``: RGB conv1 summed to one channel, fc kept new
     when its size differs."""
     # Weights saved from a DistributedDataParallel or torch.compile wrapper carry a prefix.
-    state = {_strip_prefix(k): v for k, v in state.items()}
+    state = plain_state_dict(state)
     conv1 = state.get("conv1.weight")
     if conv1 is not None and conv1.ndim == 4 and conv1.shape[1] == 3:
         state["conv1.weight"] = conv1.sum(dim=1, keepdim=True)
@@ -152,13 +149,6 @@ def _load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str)
         )
 
 
-def _strip_prefix(name: str) -> str:
-    for prefix in ("module.", "_orig_mod."):
-        while name.startswith(prefix):
-            name = name[len(prefix) :]
-    return name
-
-
 def layer_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """The model's parameters split into the layer groups early, middle, late and fc.
 
@@ -166,7 +156,7 @@ def layer_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     rather than silently left out of the optimizer. A DistributedDataParallel wrapper is looked
     through.
     """
-    model = getattr(model, "module", model)
+    model = unwrap(model)
     owner = {module: group for group, modules in GROUP_MODULES.items() for module in modules}
     groups: dict[str, list[nn.Parameter]] = {group: [] for group in LAYER_GROUPS}
     for name, parameter in model.named_parameters():
@@ -180,59 +170,30 @@ def layer_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     return groups
 
 
-def pick_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"``: cuda if available, then mps, then cpu; otherwise the named device, checked."""
-    name = str(device)
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        chosen = torch.device(name)
-    except RuntimeError as error:
-        raise ValueError(
-            f"unknown device {name!r}; expected auto, cpu, cuda[:N] or mps"
-        ) from error
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for but CUDA is not available here")
-    if chosen.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {name!r} asked for but MPS is not available here")
-    return chosen
+def prepare_model(
+    model: nn.Module,
+    device: torch.device,
+    channels_last: bool = True,
+    *,
+    data_parallel: bool | None = None,
+) -> nn.Module:
+    """The model on ``device`` in its memory layout: the one place where it gets wrapped.
 
-
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 in hardware (AVX512-BF16 or AMX), so bf16 pays off."""
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """The precision to run in: "fp32", "bf16" or "fp16".
-
-    "auto" gives bf16 on CPUs with native bf16 and on CUDA devices that support it, fp16 on
-    older CUDA devices, and fp32 elsewhere (MPS included). An explicit choice the device cannot
-    run is an error.
+    data_parallel: wrap it in DistributedDataParallel (gradients averaged over the ranks at
+        each backward pass, rank 0's weights copied to every rank here); None: when a
+        process group of more than one process is initialized. The plain model is then
+        ``lensing.runtime.unwrap(model)``.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
-    kind = torch.device(device).type
-    if precision == "auto":
-        if kind == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        if kind == "cpu" and cpu_has_native_bf16():
-            return "bf16"
-        return "fp32"
-    if precision == "fp16" and kind != "cuda":
-        raise ValueError(f"precision 'fp16' needs a CUDA device; got {kind!r} (use bf16 or fp32)")
-    return precision
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Mixed-precision context for ``precision`` ("fp32", "bf16", "fp16") on ``device``."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision not in dtypes:
-        raise ValueError(f"unknown precision {precision!r}; expected fp32, bf16 or fp16")
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtypes[precision])
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if data_parallel is None:
+        data_parallel = distributed.current().distributed
+    if data_parallel:
+        model = nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            # Gradients live in the communication buckets: no copy in and out of them.
+            gradient_as_bucket_view=True,
+        )
+    return model

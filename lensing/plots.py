@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from lensing.config import CLASSES, LAYER_GROUPS
 from lensing.io import atomic_write_bytes
+from lensing.metrics import check_inputs
 
 DPI = 120  # resolution of every saved PNG, dots per inch
 LR_COLUMNS = tuple(f"lr_{group}" for group in LAYER_GROUPS)
@@ -113,9 +114,7 @@ def plot_roc(
     """
     from sklearn.metrics import auc, roc_curve
 
-    from lensing.evaluate import _check_inputs
-
-    labels, probs = _check_inputs(labels, probs, classes)
+    labels, probs = check_inputs(labels, probs, classes)
     fig = Figure(figsize=(6, 5.5), layout="constrained")
     ax = fig.subplots()
     curves, aucs = [], []

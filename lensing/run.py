@@ -9,7 +9,9 @@ the job says so. The notebook then runs under papermill with a profile's paramet
 
 from __future__ import annotations
 
-import argparse
+import logging
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from lensing.config import (
     REPORTS_DIR,
     SIMULATED_DATA_DIR,
 )
+from lensing.progress import NO_BARS_ENV
 
 # Profiles: "quick" fits about 15 minutes on a 2-core CPU; "full" is the real search.
 PROFILES = {
@@ -61,6 +64,9 @@ def run_notebook(parameters: dict, notebook: Path = NOTEBOOK, out_dir: Path = RE
 
     out_dir.mkdir(parents=True, exist_ok=True)
     output = out_dir / notebook.name
+    _stream_cell_output()
+    # The kernel inherits this: its bars would be saved as stale lines, its log lines are kept.
+    os.environ[NO_BARS_ENV] = "1"
     papermill.execute_notebook(
         str(notebook),
         str(output),
@@ -72,25 +78,19 @@ def run_notebook(parameters: dict, notebook: Path = NOTEBOOK, out_dir: Path = RE
     return output
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m lensing run", description=__doc__)
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
-    parser.add_argument("--seed", type=int, default=0, help="seed for simulation and training")
-    return parser
-
-
-def cli(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    profile = PROFILES[args.profile]
+def main_job(profile_name: str = "quick", seed: int = 0) -> Path:
+    """Choose the data, run the notebook headless with the profile's parameters, say where the
+    reports are; returns the executed notebook's path."""
+    profile = PROFILES[profile_name]
     start = time.perf_counter()
-    data_dir = choose_data(profile["simulate"], seed=args.seed)
+    data_dir = choose_data(profile["simulate"], seed=seed)
     parameters = {
         **profile["parameters"],
         "data_dir": str(data_dir),
         "models_dir": str(MODELS_DIR),
         "reports_dir": str(REPORTS_DIR),
         "perform_grid_search": True,
-        "seed": args.seed,
+        "seed": seed,
     }
     output = run_notebook(parameters)
     minutes = (time.perf_counter() - start) / 60
@@ -98,4 +98,16 @@ def cli(argv: list[str] | None = None) -> int:
         f"Done in {minutes:.1f} min: {output}, {REPORTS_DIR / 'metrics.json'}, figures in "
         f"{REPORTS_DIR / 'figures'}"
     )
-    return 0
+    return output
+
+
+def _stream_cell_output() -> None:
+    """Print what the notebook's cells print (papermill logs it at INFO level) as it comes, so a
+    headless run shows each search trial and epoch in the terminal."""
+    logger = logging.getLogger("papermill")
+    if not any(getattr(h, "_lensing", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._lensing = True
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)

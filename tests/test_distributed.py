@@ -17,10 +17,12 @@ import torch.multiprocessing as mp
 from conftest import write_set
 
 from lensing import distributed
+from lensing.batches import TrainBatches
+from lensing.checkpoint import BEST_MODEL, CHECKPOINT, CONFIG_JSON, load_checkpoint
 from lensing.data import LensingDataset
-from lensing.evaluate import compute_metrics, predict
+from lensing.inference import predict
+from lensing.metrics import compute_metrics
 from lensing.model import build_model
-from lensing.train import BEST_MODEL, CHECKPOINT, CONFIG_JSON, TrainBatches, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 

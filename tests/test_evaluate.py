@@ -11,17 +11,18 @@ import torch
 from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.metrics import accuracy_score, confusion_matrix, roc_auc_score
 
+from lensing.cli import main
 from lensing.config import CLASSES
-from lensing.evaluate import (
-    bootstrap_macro_auc,
-    cli,
-    compute_metrics,
-    evaluate_checkpoint,
-    predict,
-)
+from lensing.evaluate import evaluate_checkpoint
+from lensing.inference import predict
 from lensing.io import atomic_torch_save
+from lensing.metrics import bootstrap_macro_auc, compute_metrics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def cli(argv: list[str]) -> int:
+    return main(["evaluate", *argv])
 
 
 def noisy_scores(n_per_class: int, separation: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 import torchvision
@@ -13,12 +11,8 @@ from torch import nn
 from lensing.config import LAYER_GROUPS
 from lensing.model import (
     GROUP_MODULES,
-    autocast,
     build_model,
-    cpu_has_native_bf16,
     layer_groups,
-    pick_device,
-    resolve_precision,
 )
 
 
@@ -125,33 +119,3 @@ def test_imagenet_without_network_falls_back_with_a_warning(monkeypatch, capsys)
         model = build_model("imagenet")
     assert model.is_pretrained is False
     assert "WARNING" in capsys.readouterr().err
-
-
-def test_pick_device():
-    assert pick_device("cpu") == torch.device("cpu")
-    assert pick_device("auto").type in {"cpu", "cuda", "mps"}
-    with pytest.raises(ValueError, match="unknown device"):
-        pick_device("tpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA is not available"):
-            pick_device("cuda")
-
-
-def test_resolve_precision_and_autocast():
-    cpu = torch.device("cpu")
-    assert resolve_precision("fp32", cpu) == "fp32"
-    assert resolve_precision("bf16", cpu) == "bf16"
-    assert resolve_precision("auto", cpu) == ("bf16" if cpu_has_native_bf16() else "fp32")
-    with pytest.raises(ValueError, match="needs a CUDA device"):
-        resolve_precision("fp16", cpu)
-    with pytest.raises(ValueError, match="unknown precision"):
-        resolve_precision("fp64", cpu)
-    a, b = torch.rand(4, 4), torch.rand(4, 4)
-    with autocast(cpu, "fp32"):
-        assert (a @ b).dtype == torch.float32
-    with autocast(cpu, "bf16"):
-        assert (a @ b).dtype == torch.bfloat16
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        with pytest.raises(ValueError, match="unknown precision"):
-            autocast(cpu, "int8")

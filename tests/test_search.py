@@ -1,8 +1,10 @@
-"""Tests for lensing/search.py: the grid, and the resumable search run as real processes.
+"""Tests for lensing.search: the grid, and the resumable search run as real processes.
 
 The slow tests start ``python -m lensing search`` in subprocesses on a tiny written data set
 (4 train, 3 val, 1 test images per class; ResNet18 from scratch, batch 8, fp32) and really
 kill them: SIGKILL mid-trial, SIGINT (Ctrl-C), two workers at once on one SQLite file.
+``fixtures/search_v1/`` holds a study written by the GridSampler version of the search (one
+combination finished, one killed mid-trial), which today's search must resume.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,19 +27,24 @@ from conftest import write_set
 
 from lensing.search import (
     DEFAULT_GRID,
+    Combo,
     SearchError,
     cli,
     continue_training,
     format_table,
+    get_args_parser,
     grid_size,
     load_grid,
+    redact,
     results_table,
     run_search,
     trial_key,
     validate_grid,
 )
+from lensing.search.storage import engine_url
 
 REPO = Path(__file__).resolve().parent.parent
+OLD_STUDY = Path(__file__).resolve().parent / "fixtures" / "search_v1"
 # A launcher that keeps SIGINT raising KeyboardInterrupt even when the test runner was started
 # in the background (where SIGINT is ignored, and Python would inherit that).
 LAUNCH = (
@@ -196,6 +205,26 @@ def test_trial_key_is_stable() -> None:
     assert trial_key({"early": 1e-5, "middle": 1e-4, "late": 1e-4, "fc": 1e-3}) == trial_key(
         params
     )
+    combo = Combo.from_params(params)
+    assert combo.key == trial_key(params) and Combo.from_key(combo.key) == combo
+    assert combo.params == {"lr_early": 1e-5, "lr_middle": 1e-4, "lr_late": 1e-4, "lr_fc": 1e-3}
+    assert combo.rates == {"early": 1e-5, "middle": 1e-4, "late": 1e-4, "fc": 1e-3}
+    with pytest.raises(ValueError, match="expected the form"):
+        Combo.from_key("early=1e-05_late=0.001")
+
+
+def test_storage_urls_hide_passwords_and_use_psycopg3() -> None:
+    url = "postgresql://lens:s3cret@db.example:5432/search"
+    assert redact(url) == "postgresql://lens:***@db.example:5432/search"
+    assert "s3cret" not in redact(url) and redact("sqlite:////a/b.db") == "sqlite:////a/b.db"
+    # SQLAlchemy 2.1 maps a plain postgresql:// to psycopg 3; older ones get it spelled out.
+    assert engine_url(url) in (url, url.replace("postgresql://", "postgresql+psycopg://"))
+
+
+def test_search_command_takes_no_progress_and_quiet() -> None:
+    args = get_args_parser().parse_args(["--no-progress", "--augment", "seed"])
+    assert args.no_progress and not args.quiet and args.augment == "seed"
+    assert get_args_parser().parse_args(["--quiet"]).quiet
 
 
 def test_changed_grid_or_settings_for_a_study_is_refused(tmp_path: Path) -> None:
@@ -214,6 +243,20 @@ def test_changed_grid_or_settings_for_a_study_is_refused(tmp_path: Path) -> None
     # A new study name in the same storage is a new search.
     with pytest.raises(FileNotFoundError):
         run_search(nowhere, out, epochs=2, grid=FOUR, study_name="wide", progress=False)
+    # "seed" is the old name of "flip-affine": a study stamped with either resumes with both.
+    for first, second in (("seed", "flip-affine"), ("flip-affine", "seed")):
+        name = f"aug-{first}"
+        for augment in (first, second):
+            with pytest.raises(FileNotFoundError):
+                run_search(
+                    nowhere, out, epochs=2, grid=TWO, study_name=name, progress=False,
+                    base_config={"augment": augment},
+                )  # fmt: skip
+    with pytest.raises(SearchError, match="augment: study 'flip-affine', now 'd4'"):
+        run_search(
+            nowhere, out, epochs=2, grid=TWO, study_name="aug-seed", progress=False,
+            base_config={"augment": "d4"},
+        )  # fmt: skip
 
 
 def test_results_table_counts_epochs_saved_by_pruning(tmp_path: Path) -> None:
@@ -435,8 +478,48 @@ def test_two_workers_share_the_grid_without_duplicates(tmp_path: Path, data_dir:
     study = load(out)
     done = complete_params(study)
     assert len(done) == 4 and len(set(done)) == 4
-    trained = [t for t in study.trials if t.user_attrs.get("claim", {}).get("trial") == t.number]
-    assert len(trained) == 4  # no combination was trained by both workers
+    # No combination was trained by both workers: each logs one start line per trained trial.
+    started = [
+        key
+        for i in range(2)
+        for key in re.findall(r"\[search\] trial \d+: (\S+) \(", logs(tmp_path / f"worker{i}")[0])
+    ]
+    assert sorted(started) == sorted(set(started)) and len(started) == 4
     assert all(read_epoch(p)[0] == 1 for p in checkpoints(out).values())
     assert len(checkpoints(out)) == 4
     assert not math.isnan(json.loads((out / "best_params.json").read_text())["val_auc"])
+
+
+@pytest.mark.slow
+def test_a_study_of_the_grid_sampler_version_resumes(tmp_path: Path, data_dir: Path) -> None:
+    """The fixture: trial 0 COMPLETE, trial 1 RUNNING with a dead worker (SIGKILL), settings
+    stamped with augment "seed"; the weights files are left out (45 MB), trial 0's stand-in
+    is written here."""
+    out = tmp_path / "models"
+    out.mkdir()
+    shutil.copy(OLD_STUDY / "grid_search.db", out / "grid_search.db")
+    before = load(out)
+    (finished,) = before.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    (killed,) = before.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    folder = out / "trials" / "lr_grid" / trial_key(finished.params)
+    folder.mkdir(parents=True)
+    stand_in = {"model": {}, "params": dict(finished.params), "val_auc": finished.value}
+    stand_in |= {"epoch": 1, "history": [{"epoch": 1, "val_auc": finished.value}]}
+    torch.save(stand_in | {"classes": ["no", "sphere", "vort"], "pretrained": False},
+               folder / "best_model.pth")  # fmt: skip
+    done = run(search_command(data_dir, out, OLD_STUDY / "grid.json", 1))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"retrying trial {killed.number}" in done.stdout
+    assert "1/2 combinations finished" in done.stdout
+
+    study = load(out)
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert sorted(trial_key(t.params) for t in complete) == sorted(
+        trial_key(t.params) for t in (finished, killed)
+    )
+    (retry,) = [t for t in complete if t.number != finished.number]
+    assert retry.system_attrs["failed_trial"] == killed.number
+    assert study.trials[killed.number].state == optuna.trial.TrialState.FAIL
+    assert study.trials[finished.number].datetime_complete == finished.datetime_complete
+    assert read_epoch(checkpoints(out)[trial_key(killed.params)])[0] == 1
+    assert list(results_table(out_dir=out)["state"]) == ["COMPLETE", "COMPLETE"]

@@ -1,8 +1,10 @@
-"""The lenstronomy simulator: layout, format, determinism, resume, bad input, physics units."""
+"""The lenstronomy simulator: layout, format, determinism, resume, bad input, physics units,
+the presets (legacy's pinned bytes, test-i's look)."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -15,10 +17,14 @@ from numpy.testing import assert_allclose
 from lensing import config, simulate
 from lensing.config import CLASSES, MANIFEST
 from lensing.simulate import (
-    RECIPE,
+    DEFAULT_PRESET,
+    PRESETS,
     cli,
     draw_parameters,
+    get_preset,
+    image_seed,
     point_mass_theta_e,
+    render,
     sample_masses,
     sigma_crit_angle,
     simulate_dataset,
@@ -26,6 +32,16 @@ from lensing.simulate import (
 )
 
 TINY = {"train": 2, "val": 1, "test": 1}
+LEGACY = PRESETS["legacy"]
+TEST_I = PRESETS["test-i"]
+# sha256 of the array bytes of legacy images (seed 0), computed with the simulator as it was
+# before presets existed: the legacy preset must keep giving these exact images.
+LEGACY_SHA256 = {
+    ("train", "no", 1): "a427d53d84aefb83f7b49805ac04e1e25750191c8f341a0efb2306dfbe724885",
+    ("train", "sphere", 2): "5b87ffb67f0b5f46c4e9baa70a725cc83e6d6ba93c72bd1cb528dbb710d45267",
+    ("val", "vort", 1): "7a786244d00c40d6c8ea52d2ef6ac27e527383beae13520e5db901a6e9eb4885",
+    ("test", "sphere", 3): "9a09b2d66dd36829c3fc138d2b4e70c7fb939f2f925056b0560d0b0b0b6dd794",
+}
 
 
 def make(out: Path, counts=None, **kwargs) -> dict:
@@ -63,15 +79,17 @@ def test_layout_dtype_shape_and_range(tiny_set):
         assert np.isfinite(image).all()
 
 
-def test_manifest_records_recipe_seed_counts_and_versions(tiny_set):
+def test_manifest_records_preset_seed_counts_and_versions(tiny_set):
     import lenstronomy
 
     manifest = json.loads((tiny_set / MANIFEST).read_text())
+    assert manifest["preset"] == DEFAULT_PRESET == "test-i"
     assert manifest["seed"] == 0
     assert manifest["counts"] == TINY
     assert manifest["classes"] == list(CLASSES)
     assert manifest["image_shape"] == [1, 150, 150] and manifest["dtype"] == "float64"
-    assert manifest["recipe"] == json.loads(json.dumps(dataclasses.asdict(RECIPE)))
+    assert manifest["recipe"] == json.loads(json.dumps(dataclasses.asdict(TEST_I)))
+    assert manifest["recipe"]["substructure_mass"] == TEST_I.substructure_mass
     assert manifest["versions"]["lenstronomy"] == lenstronomy.__version__
     assert manifest["versions"]["numpy"] == np.__version__
     assert manifest["complete"] is True
@@ -255,37 +273,37 @@ def test_simulate_image_is_reproducible_and_normalized():
 
 
 def test_substructure_per_class():
-    params = {name: draw_parameters(name, np.random.default_rng(5)) for name in CLASSES}
+    params = {name: draw_parameters(name, np.random.default_rng(5), LEGACY) for name in CLASSES}
     assert len(params["no"]["lens"]) == 2 and params["no"]["masses"].size == 0
-    assert params["sphere"]["lens_models"].count("POINT_MASS") == RECIPE.n_subhalos
-    assert params["vort"]["lens_models"].count("POINT_MASS") == RECIPE.vortex_points
+    assert params["sphere"]["lens_models"].count("POINT_MASS") == LEGACY.n_subhalos
+    assert params["vort"]["lens_models"].count("POINT_MASS") == LEGACY.vortex_points
     # Each clump's mass is taken from the smooth halo by a negative Gaussian of the same mass.
-    assert params["sphere"]["lens_models"].count("GAUSSIAN") == RECIPE.n_subhalos
+    assert params["sphere"]["lens_models"].count("GAUSSIAN") == LEGACY.n_subhalos
     sphere = params["sphere"]["lens"]
     for clump, hole in zip(sphere[2:27], sphere[27:], strict=True):
         assert_allclose(hole["amp"], -math.pi * clump["theta_E"] ** 2)
         assert (hole["center_x"], hole["center_y"]) == (clump["center_x"], clump["center_y"])
     # The smooth part is drawn first, with the same random numbers in every class.
     assert params["no"]["source"] == params["sphere"]["source"] == params["vort"]["source"]
-    lo, hi = RECIPE.subhalo_mass
+    lo, hi = LEGACY.subhalo_mass
     masses = params["sphere"]["masses"]
     assert ((masses >= lo) & (masses <= hi)).all()
     vortex = params["vort"]["masses"]
-    assert np.ptp(vortex) == 0 and lo * RECIPE.n_subhalos <= vortex.sum() <= hi * RECIPE.n_subhalos
+    assert np.ptp(vortex) == 0 and lo * LEGACY.n_subhalos <= vortex.sum() <= hi * LEGACY.n_subhalos
     # The vortex's point masses lie on one straight line.
-    line = params["vort"]["lens"][2 : 2 + RECIPE.vortex_points]
+    line = params["vort"]["lens"][2 : 2 + LEGACY.vortex_points]
     points = np.array([[k["center_x"], k["center_y"]] for k in line])
     steps = np.diff(points, axis=0)
     cross = steps[:-1, 0] * steps[1:, 1] - steps[:-1, 1] * steps[1:, 0]
     assert_allclose(cross, 0.0, atol=1e-12)
     length = np.hypot(*(points[-1] - points[0]))
-    assert RECIPE.vortex_length[0] <= length <= RECIPE.vortex_length[1]
+    assert LEGACY.vortex_length[0] <= length <= LEGACY.vortex_length[1]
 
 
 def test_without_compensation_the_mass_inside_the_ring_comes_from_the_main_lens():
-    recipe = dataclasses.replace(RECIPE, compensation_sigma=0.0)
-    rng_draw = draw_parameters("sphere", np.random.default_rng(11), recipe)
-    smooth = draw_parameters("no", np.random.default_rng(11), recipe)
+    preset = dataclasses.replace(LEGACY, compensation_sigma=0.0)
+    rng_draw = draw_parameters("sphere", np.random.default_rng(11), preset)
+    smooth = draw_parameters("no", np.random.default_rng(11), preset)
     theta_e = smooth["lens"][0]["theta_E"]
     main = rng_draw["lens"][0]
     subhalos = rng_draw["lens"][2:]
@@ -299,9 +317,9 @@ def test_without_compensation_the_mass_inside_the_ring_comes_from_the_main_lens(
 
 
 def test_mass_function_follows_the_power_law():
-    masses = sample_masses(np.random.default_rng(0), 200_000)
-    lo, hi = RECIPE.subhalo_mass
-    p = 1 - RECIPE.mass_function_slope
+    lo, hi = LEGACY.subhalo_mass
+    masses = sample_masses(np.random.default_rng(0), 200_000, (lo, hi), LEGACY.mass_function_slope)
+    p = 1 - LEGACY.mass_function_slope
     for m in (3 * lo, 0.1 * hi):
         expected_cdf = (m**p - lo**p) / (hi**p - lo**p)
         assert_allclose((masses < m).mean(), expected_cdf, atol=0.005)
@@ -311,17 +329,17 @@ def test_point_mass_einstein_radius_units():
     from astropy import constants, units
     from astropy.cosmology import FlatLambdaCDM
 
-    cosmo = FlatLambdaCDM(H0=RECIPE.hubble_constant, Om0=RECIPE.omega_matter)
-    d_l = cosmo.angular_diameter_distance(RECIPE.z_lens)
-    d_s = cosmo.angular_diameter_distance(RECIPE.z_source)
-    d_ls = cosmo.angular_diameter_distance(RECIPE.z_lens, RECIPE.z_source)
+    cosmo = FlatLambdaCDM(H0=LEGACY.hubble_constant, Om0=LEGACY.omega_matter)
+    d_l = cosmo.angular_diameter_distance(LEGACY.z_lens)
+    d_s = cosmo.angular_diameter_distance(LEGACY.z_source)
+    d_ls = cosmo.angular_diameter_distance(LEGACY.z_lens, LEGACY.z_source)
     # theta_E^2 = 4 G M D_ls / (c^2 D_l D_s) for a point mass M.
     mass = 1e10 * units.M_sun
     theta = np.sqrt(4 * constants.G * mass * d_ls / (constants.c**2 * d_l * d_s)).decompose()
     expected = (theta.value * units.rad).to(units.arcsec).value
     # lenstronomy carries its own G and M_sun, a few 1e-5 off astropy's.
-    assert_allclose(point_mass_theta_e(1e10), expected, rtol=1e-3)
-    assert_allclose(math.pi * point_mass_theta_e(2e9) ** 2 * sigma_crit_angle(), 2e9)
+    assert_allclose(point_mass_theta_e(1e10, LEGACY), expected, rtol=1e-3)
+    assert_allclose(math.pi * point_mass_theta_e(2e9, TEST_I) ** 2 * sigma_crit_angle(TEST_I), 2e9)
 
 
 def test_no_temporary_files_left(tiny_set):
@@ -378,3 +396,113 @@ def test_separability_benchmark_sees_a_trivial_signal_and_runs_on_simulated_data
     assert main(["--data", str(tiny_set), "--json", str(tmp_path / "report.json")]) == 0
     assert "| pixel-stats | val |" in capsys.readouterr().out
     assert json.loads((tmp_path / "report.json").read_text())["n_train"] == 6
+
+
+# --- presets ------------------------------------------------------------------------------
+
+
+def test_legacy_preset_keeps_its_pinned_bytes(tmp_path):
+    for (split, name, index), digest in LEGACY_SHA256.items():
+        rng = np.random.default_rng(image_seed(0, split, name, index))
+        image = simulate_image(name, rng, LEGACY)
+        assert hashlib.sha256(image.tobytes()).hexdigest() == digest
+    # The writer stores the same arrays under the legacy preset.
+    make(tmp_path / "legacy", {"train": 1, "val": 1, "test": 0}, preset="legacy")
+    stored = np.load(tmp_path / "legacy" / "train" / "no" / "1.npy")
+    assert hashlib.sha256(stored.tobytes()).hexdigest() == LEGACY_SHA256[("train", "no", 1)]
+    assert json.loads((tmp_path / "legacy" / MANIFEST).read_text())["preset"] == "legacy"
+
+
+def test_test_i_images_are_min_max_normalized_integer_counts(tiny_set):
+    for path in npy_files(tiny_set):
+        if path.parts[0] not in config.SPLITS:
+            continue  # the data loader's cache, not an image
+        image = np.load(tiny_set / path)
+        assert image.min() == 0.0 and image.max() == 1.0
+        k = 1.0 / np.diff(np.unique(image)).min()  # one count, normalized
+        assert 700 < k < 900  # a peak of ~770 counts over a sky of ~10
+        assert_allclose(image * round(k), np.round(image * round(k)), atol=1e-9)
+
+
+def test_test_i_has_no_lens_light_and_a_dark_centre():
+    params = draw_parameters("no", np.random.default_rng(2), TEST_I)
+    assert params["lens_light"] == []
+    image = render(params, None, TEST_I)  # expected counts, no noise
+    yy, xx = np.indices(image.shape) - 74.5
+    radius = np.hypot(yy, xx)
+    centre, ring = image[radius < 3].mean(), image[(radius > 20) & (radius < 30)].max()
+    assert TEST_I.sky_counts < centre < TEST_I.sky_counts + 0.1 * (ring - TEST_I.sky_counts)
+    assert_allclose(ring, TEST_I.sky_counts + params["peak_counts"], rtol=1e-9)
+
+
+def test_test_i_ring_is_elongated_along_x():
+    from lensing.simulate.likeness import image_statistics
+
+    images = [simulate_image("no", np.random.default_rng(s), TEST_I)[0] for s in range(6)]
+    stats = image_statistics(np.stack(images), np.zeros(6, dtype=int))
+    assert stats["ring_x"] >= stats["ring_y"] + 3
+    # Six images: an arc or two pull the centroid of the light a few pixels off the axis.
+    assert 21 <= stats["ring_radius"] <= 27 and stats["ring_offset"] < 4
+
+
+def test_test_i_class_means_are_equal():
+    # One seed per smooth lens, shared by the three classes: only the substructure differs.
+    means = {
+        name: np.mean([simulate_image(name, np.random.default_rng(s)).mean() for s in range(4)])
+        for name in CLASSES
+    }
+    assert max(means.values()) - min(means.values()) < 0.002
+    assert all(0.04 < m < 0.09 for m in means.values())
+
+
+def test_test_i_substructure_strength_is_one_knob():
+    def change(mass: float, name: str) -> float:
+        preset = get_preset("test-i", substructure_mass=mass)
+        smooth = render(draw_parameters("no", np.random.default_rng(4), preset), None, preset)
+        other = render(draw_parameters(name, np.random.default_rng(4), preset), None, preset)
+        return float(np.abs(other - smooth).max())
+
+    for name in ("sphere", "vort"):
+        assert change(0.0, name) == 0.0
+        assert 0 < change(1e9, name) < change(1e10, name)
+    params = draw_parameters("sphere", np.random.default_rng(4), TEST_I)
+    assert params["lens_models"].count("POINT_MASS") == TEST_I.n_subhalos
+    low = TEST_I.subhalo_mass_min_fraction * TEST_I.substructure_mass
+    assert ((params["masses"] >= low) & (params["masses"] <= TEST_I.substructure_mass)).all()
+    vortex = draw_parameters("vort", np.random.default_rng(4), TEST_I)
+    assert vortex["lens_models"].count("POINT_MASS") == TEST_I.vortex_points
+
+
+def test_presets_are_checked():
+    with pytest.raises(ValueError, match="unknown preset 'test-ii'"):
+        get_preset("test-ii")
+    with pytest.raises(ValueError, match="no parameter"):
+        get_preset("legacy", substructure_mass=1e9)
+    assert get_preset("test-i", substructure_mass=3e9).substructure_mass == 3e9
+
+
+def test_cli_preset_is_recorded_and_a_change_refused(tmp_path, capsys):
+    out = tmp_path / "sim"
+    argv = ["--out", str(out), "--train", "1", "--val", "1", "--quiet", "--workers", "1"]
+    assert cli([*argv, "--preset", "legacy"]) == 0
+    assert json.loads((out / MANIFEST).read_text())["preset"] == "legacy"
+    before = snapshot(out)
+    with pytest.raises(SystemExit) as exit_info:
+        cli(argv)  # the default preset, test-i
+    assert exit_info.value.code == 2
+    assert "preset 'legacy', not 'test-i'" in capsys.readouterr().err
+    assert snapshot(out) == before
+    with pytest.raises(SystemExit):
+        cli([*argv, "--preset", "legacy", "--substructure-mass", "1e9"])
+    assert "expected a mass >= 0 with --preset test-i" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli(["--out", str(out), "--quiet"])
+    assert "--train, --val" in capsys.readouterr().err
+    assert snapshot(out) == before
+
+
+def test_cli_check_prints_the_likeness_table(tiny_set, capsys):
+    assert cli(["--check", str(tiny_set), "--check-n", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "| per-image mean (median) |" in out and "real Test I" in out
+    assert "6 train images" in out

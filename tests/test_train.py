@@ -12,24 +12,26 @@ import pytest
 import torch
 from conftest import write_set
 
-from lensing.config import CLASSES, LAYER_GROUPS
-from lensing.data import LensingDataset
-from lensing.model import build_model, layer_groups
-from lensing.train import (
+from lensing.batches import TrainBatches
+from lensing.checkpoint import (
     BEST_MODEL,
     CHECKPOINT,
     CONFIG_JSON,
     TRAINING_KEYS,
     CheckpointError,
-    TrainBatches,
-    TrainConfig,
-    _patience_exhausted,
-    cli,
-    fit,
     load_checkpoint,
-    make_optimizer,
-    make_scheduler,
 )
+from lensing.cli import main
+from lensing.config import CLASSES, LAYER_GROUPS
+from lensing.data import LensingDataset
+from lensing.model import build_model, layer_groups
+from lensing.optim import make_optimizer, make_scheduler
+from lensing.train import TrainConfig, _patience_exhausted, fit
+
+
+def cli(argv: list[str]) -> int:
+    return main(["train", *argv])
+
 
 TIMING_FIELDS = {"seconds", "images_per_s"}
 
@@ -119,7 +121,7 @@ def test_each_layer_group_gets_its_own_learning_rate(tmp_path):
     config = make_config(tmp_path, tmp_path, **lrs)
     assert config.learning_rates() == {g: lrs[f"lr_{g}"] for g in LAYER_GROUPS}
     model = build_model("none")
-    optimizer = make_optimizer(model, config)
+    optimizer = make_optimizer(model, config.learning_rates())
     groups = layer_groups(model)
     assert [g["name"] for g in optimizer.param_groups] == list(LAYER_GROUPS)
     for group in optimizer.param_groups:
@@ -130,8 +132,8 @@ def test_each_layer_group_gets_its_own_learning_rate(tmp_path):
 def test_one_cycle_warms_up_to_each_groups_lr_then_decays(tmp_path):
     lrs = {"lr_early": 1e-4, "lr_middle": 2e-4, "lr_late": 5e-4, "lr_fc": 1e-3}
     config = make_config(tmp_path, tmp_path, schedule="onecycle", **lrs)
-    optimizer = make_optimizer(build_model("none"), config)
-    scheduler = make_scheduler(optimizer, config, steps=20)
+    optimizer = make_optimizer(build_model("none"), config.learning_rates())
+    scheduler = make_scheduler(optimizer, config.schedule, 20, config.learning_rates())
     seen = []
     for _ in range(20):
         seen.append([group["lr"] for group in optimizer.param_groups])
@@ -144,7 +146,7 @@ def test_one_cycle_warms_up_to_each_groups_lr_then_decays(tmp_path):
     assert seen[top] == pytest.approx(peaks)
     assert seen[-1] < seen[top] and seen[-1][3] < 1e-3 / 25
     with pytest.raises(ValueError, match="at least 2 steps"):
-        make_scheduler(optimizer, config, steps=1)
+        make_scheduler(optimizer, config.schedule, 1, config.learning_rates())
 
 
 def test_patience_counts_epochs_since_the_best_val_auc():

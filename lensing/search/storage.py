@@ -1,0 +1,176 @@
+"""Where a study lives: an Optuna RDB storage with heartbeats, made safe for several workers.
+
+- ``sqlite:///<out>/grid_search.db`` (the default) serves the workers of one machine. Every
+  SQLite transaction starts with ``BEGIN IMMEDIATE``: Python's sqlite3 otherwise reads outside
+  any transaction, so two workers could both see one queued trial WAITING and both take it.
+- ``postgresql://user:password@host:5432/db`` serves workers on many machines, through psycopg
+  3 (SQLAlchemy 2.1 maps a plain ``postgresql://`` to it; older SQLAlchemy, which would pick
+  psycopg2, gets the URL rewritten to ``postgresql+psycopg://``). Connections are checked
+  before use (``pool_pre_ping``), so a restarted server costs a reconnect, not the worker; a
+  heartbeat missed while the server is away is logged and retried on the next beat.
+- A URL's password is never printed: :func:`redact` it first.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from optuna.exceptions import ExperimentalWarning, StorageInternalError
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+from lensing.config import MODELS_DIR
+
+SEARCH_DB = "grid_search.db"  # the default storage's file in the models folder
+HEARTBEAT_INTERVAL_S = 10  # seconds between a running trial's heartbeats
+GRACE_PERIOD_S = 30  # seconds without a heartbeat after which a trial counts as dead
+MAX_RETRY = 3  # automatic retries of a trial whose worker died (a re-run always retries)
+SQLITE_TIMEOUT_S = 60  # a worker waits this long for another's write instead of failing
+# What a lost or restarting database server raises: a run stops on it with a clear message.
+STORAGE_ERRORS = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
+STORAGE_ERRORS += (StorageInternalError,)
+
+
+def default_storage(out_dir: str | Path = MODELS_DIR) -> str:
+    """``sqlite:///<out_dir>/grid_search.db`` with an absolute path."""
+    return f"sqlite:///{Path(out_dir).resolve() / SEARCH_DB}"
+
+
+def redact(url: str) -> str:
+    """The storage URL without its password, for logs, errors and returned values."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def engine_url(url: str) -> str:
+    """The URL SQLAlchemy gets: a plain ``postgresql://`` goes to psycopg 3 when SQLAlchemy
+    would otherwise pick psycopg2, which this project does not install."""
+    parsed = sqlalchemy.engine.make_url(url)
+    if parsed.drivername != "postgresql":
+        return url
+    try:
+        driver = parsed.get_dialect().driver
+    except ImportError:
+        driver = "psycopg2"
+    if driver == "psycopg2":
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    return url
+
+
+class _Storage(RDBStorage):
+    """RDBStorage whose heartbeat outlives a database server that is briefly away."""
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except STORAGE_ERRORS as err:
+            # The heartbeat thread would die with a traceback; the next beat reconnects, and
+            # the grace period is several beats long.
+            print(
+                f"[search] heartbeat of trial id {trial_id} missed ({type(err).__name__}); "
+                "retrying on the next beat",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def open_storage(
+    url: str,
+    heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
+    grace_period: int = GRACE_PERIOD_S,
+    max_retry: int | None = MAX_RETRY,
+) -> RDBStorage:
+    """Optuna RDB storage with heartbeats on, re-queueing trials whose worker died.
+
+    Parameters
+    ----------
+    url : SQLAlchemy URL: ``sqlite:///path.db`` on one machine, or
+        ``postgresql://user:password@host:5432/db`` (psycopg 3) to share a search between
+        machines.
+    heartbeat_interval : seconds between a running trial's heartbeats.
+    grace_period : seconds without a heartbeat after which a running trial is failed and retried.
+    max_retry : automatic retries of one combination after dead workers (None: no limit).
+    """
+    if heartbeat_interval <= 0 or grace_period <= 0:
+        raise ValueError(
+            f"heartbeat_interval {heartbeat_interval!r} and grace_period {grace_period!r}: "
+            "expected positive numbers of seconds"
+        )
+    if grace_period <= heartbeat_interval:
+        raise ValueError(
+            f"grace_period {grace_period!r} s must exceed heartbeat_interval "
+            f"{heartbeat_interval!r} s, or live trials would be taken for dead ones"
+        )
+    url = engine_url(url)
+    sqlite = url.startswith("sqlite")
+    engine_kwargs: dict = {"pool_pre_ping": True}
+    if sqlite:
+        # isolation_level None: sqlite3 leaves BEGIN to us (see _begin_immediately).
+        engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S, "isolation_level": None}
+        path = url.partition(":///")[2]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    storage = _connect(url, engine_kwargs, heartbeat_interval, grace_period, max_retry)
+    if sqlite:
+        sqlalchemy.event.listen(storage.engine, "begin", _begin_immediately)
+    return storage
+
+
+def _connect(
+    url: str, engine_kwargs: dict, heartbeat_interval: int, grace_period: int, max_retry
+) -> RDBStorage:
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                return _Storage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=grace_period,
+                    heartbeat_stale_trial_callback=retry_callback(max_retry),
+                )
+        except sqlalchemy.exc.DBAPIError as err:
+            # Workers started together on a new database race to create its tables; the
+            # loser finds them made on the next try.
+            if attempt == 4:
+                raise ConnectionError(
+                    f"cannot open the search storage {redact(url)}: "
+                    f"{type(err.orig).__name__}: {redact(str(err.orig)).strip()}"
+                ) from None
+            time.sleep(0.5 + random.random())
+    raise AssertionError("unreachable")
+
+
+def _begin_immediately(connection: sqlalchemy.Connection) -> None:
+    # Take SQLite's write lock at the start of every transaction, so a read and the write that
+    # depends on it (WAITING -> RUNNING, RUNNING -> FAIL) are one atomic step.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def retry_callback(max_retry: int | None) -> RetryHeartbeatStaleTrialCallback:
+    """Optuna's callback that queues a copy of a dead trial (its reports inherited)."""
+    # The retried trial inherits the reports of the dead one, so a pruner sees the whole
+    # learning curve of a resumed combination.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback(
+            max_retry=max_retry, inherit_intermediate_values=True
+        )
+
+
+def load_study(storage: str | RDBStorage, study_name: str) -> optuna.Study:
+    """An existing study; the error lists the studies the storage does hold."""
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        names = optuna.get_all_study_names(storage)
+        raise ValueError(
+            f"no study {study_name!r} in the search storage; it holds "
+            f"{', '.join(map(repr, names)) or 'no study'}"
+        ) from None

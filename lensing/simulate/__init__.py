@@ -1,0 +1,59 @@
+"""Simulated strong-lensing images in the real data set's format, made with lenstronomy.
+
+``python -m lensing simulate --out DIR --train N --val N --test N [--preset NAME]`` writes
+``DIR/<split>/<class>/<i>.npy`` and ``DIR/manifest.json``; ``--check DIR`` compares a folder
+with the real Test I set. The modules, one concept each:
+
+- :mod:`~lensing.simulate.presets`: the named presets (``test-i``, the default, and
+  ``legacy``), dataclasses of documented parameters with units;
+- :mod:`~lensing.simulate.draw`: drawing one image's lens, source and substructure;
+- :mod:`~lensing.simulate.recipe`: the physics (lenstronomy models, rendering, noise,
+  normalization);
+- :mod:`~lensing.simulate.writer`: the data set on disk (layout, manifest, workers, resume);
+- :mod:`~lensing.simulate.likeness`: the statistics that compare a set with the real one;
+- :mod:`~lensing.simulate.command`: the command line.
+"""
+
+from lensing.simulate.command import cli, get_args_parser
+from lensing.simulate.draw import draw_parameters, sample_masses
+from lensing.simulate.likeness import likeness, likeness_table
+from lensing.simulate.presets import (
+    DEFAULT_PRESET,
+    PRESETS,
+    LegacyPreset,
+    LookalikePreset,
+    Preset,
+    get_preset,
+)
+from lensing.simulate.recipe import (
+    normalize,
+    point_mass_theta_e,
+    render,
+    sigma_crit_angle,
+    simulate_image,
+)
+from lensing.simulate.writer import IMAGE_SHAPE, image_seed, is_valid_image, simulate_dataset
+
+__all__ = [
+    "DEFAULT_PRESET",
+    "IMAGE_SHAPE",
+    "PRESETS",
+    "LegacyPreset",
+    "LookalikePreset",
+    "Preset",
+    "cli",
+    "draw_parameters",
+    "get_args_parser",
+    "get_preset",
+    "image_seed",
+    "is_valid_image",
+    "likeness",
+    "likeness_table",
+    "normalize",
+    "point_mass_theta_e",
+    "render",
+    "sample_masses",
+    "sigma_crit_angle",
+    "simulate_dataset",
+    "simulate_image",
+]
