@@ -38,7 +38,7 @@ def cpu_model() -> str:
 
 def machine() -> dict[str, Any]:
     """Where and with what the figures were measured."""
-    from lensing.model import cpu_has_native_bf16, resolve_precision
+    from lensing.runtime import cpu_has_native_bf16, resolve_precision
 
     return {
         "cpu": cpu_model(),

@@ -1,6 +1,6 @@
 """Where a training step's time goes: ``python -m benchmarks.profile_step [--precision P]``.
 
-Profiles ``lensing.train.train_one_epoch`` on one fixed in-memory batch (the "model alone"
+Profiles ``lensing.steps.train_one_epoch`` on one fixed in-memory batch (the "model alone"
 measurement of :mod:`benchmarks.speed`, ``one_batch_epoch``) with ``torch.profiler`` and prints
 the share of the step's CPU time spent in each kind of operator: convolution backward and
 forward, batch norm, dtype casts and copies, the optimizer, and the rest. It answers "what
@@ -17,7 +17,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.common import markdown_table
 from benchmarks.speed import CPU, one_batch_epoch, our_model
-from lensing.model import resolve_precision
+from lensing.runtime import resolve_precision
 
 # Operator kinds, matched in order against the profiler's aten operator names.
 KINDS = (

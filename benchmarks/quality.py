@@ -2,7 +2,7 @@
 
 Every recipe trains a randomly initialized ResNet18 for the same number of epochs on the same
 simulated images, keeps the epoch with the best validation macro AUC, and is scored on the same
-test images with ``lensing.evaluate.compute_metrics`` (macro and per-class one-vs-rest AUC,
+test images with ``lensing.metrics.compute_metrics`` (macro and per-class one-vs-rest AUC,
 95 % stratified bootstrap interval of the macro AUC).
 
 - ``seed``: :mod:`benchmarks.seed_recipe` (224 x 224 RGB copies, torchvision's random flip,
@@ -29,10 +29,13 @@ import torch
 
 from benchmarks.common import log, markdown_table
 from benchmarks.seed_recipe import BATCH_SIZE, seed_fit, seed_loader, seed_predict
-from lensing.config import CLASSES, DATA_DIR
-from lensing.evaluate import compute_metrics, predict
-from lensing.model import build_model, resolve_precision
-from lensing.train import BEST_MODEL, SCHEDULES, TrainConfig, fit, load_checkpoint
+from lensing.checkpoint import BEST_MODEL, load_checkpoint
+from lensing.config import CLASSES, DATA_DIR, SCHEDULES
+from lensing.inference import predict
+from lensing.metrics import compute_metrics
+from lensing.model import build_model
+from lensing.runtime import resolve_precision
+from lensing.train import TrainConfig, fit
 
 # Peak learning rate of every layer group in the improved recipe: the seed's 1e-3 everywhere
 # (from random weights there is no pretrained early layer to protect). On the quick set's

@@ -6,7 +6,7 @@ batch size and the same ResNet18:
 
 - ``seed``: the notebook pipeline of :mod:`benchmarks.seed_recipe` (one ``.npy`` file per
   image, 3 x 224 x 224, per-image torchvision transforms in DataLoader workers, fp32, Adam);
-- ``ours``: ``lensing.train``'s own pieces (``TrainBatches`` over the in-memory split,
+- ``ours``: the package's own training pieces (``TrainBatches`` over the in-memory split,
   ``train_one_epoch`` with batched augmentation, ``prepare_model``'s channels_last,
   ``make_optimizer``'s fused Adam) at native 150 x 150, one channel;
 - ``model``: the same model, optimizer and ``train_one_epoch`` fed one fixed, already
@@ -35,8 +35,12 @@ from benchmarks.seed_recipe import (
     seed_optimizer,
     seed_train_steps,
 )
-from lensing.model import build_model, resolve_precision
-from lensing.train import TrainBatches, TrainConfig, make_optimizer, prepare_model, train_one_epoch
+from lensing.batches import TrainBatches
+from lensing.model import build_model, prepare_model
+from lensing.optim import make_optimizer
+from lensing.runtime import resolve_precision
+from lensing.steps import train_one_epoch
+from lensing.train import TrainConfig
 
 CPU = torch.device("cpu")
 
@@ -63,7 +67,7 @@ def our_model(batch_size: int, compile_model: bool = False) -> tuple[nn.Module, 
     """The package's ResNet18 (random init, channels_last, on the CPU) and its fused Adam."""
     torch.manual_seed(0)
     model = prepare_model(build_model("none"), CPU, channels_last=True)
-    optimizer = make_optimizer(model, TrainConfig(batch_size=batch_size, pretrained="none"))
+    optimizer = make_optimizer(model, TrainConfig(pretrained="none").learning_rates())
     if compile_model:
         model.compile()  # in place: the state_dict keeps its plain names
     return model, optimizer
@@ -76,7 +80,7 @@ def ours_rate(
     steps: int,
     warmup: int,
     precision: str,
-    augment: str = "seed",
+    augment: str = "flip-affine",
     compile_model: bool = False,
 ) -> dict[str, float]:
     """Images per second of lensing.train's loop over an in-memory split (augmentation and

@@ -46,6 +46,7 @@ RESUME_MUST_MATCH = (
     "weight_decay",
     "pretrained",
     "augment",
+    "stretch",
     "seed",
     "scheduler_patience",
     "scheduler_factor",

@@ -29,6 +29,7 @@ from lensing.config import (
     SCHEDULES,
     SPLITS,
 )
+from lensing.preprocess import STRETCHES
 from lensing.train_config import TrainConfig
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -38,6 +39,7 @@ DELEGATED = {
     "simulate": ("lensing.simulate", "write a simulated data set in the real data's format"),
     "search": ("lensing.search", "resumable grid search over the per-group learning rates"),
     "dashboard": ("lensing.dashboard", "optuna-dashboard on 127.0.0.1 for the search's study"),
+    "predict": ("lensing.predict", "classify new image files (.npy, FITS) into a CSV"),
 }
 
 
@@ -89,6 +91,12 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         "name); d4: flips and 90-degree turns (%(default)s)",
     )
     add(
+        "--stretch",
+        default=config_default("stretch"),
+        choices=STRETCHES,
+        help="input stretch before the network: none, log or arcsinh (%(default)s)",
+    )
+    add(
         "--schedule",
         default=config_default("schedule"),
         choices=SCHEDULES,
@@ -128,6 +136,7 @@ def training_fields(args: argparse.Namespace) -> dict[str, Any]:
         "precision": args.precision,
         "seed": args.seed,
         "augment": args.augment,
+        "stretch": args.stretch,
         "schedule": args.schedule,
         "early_stopping": args.early_stopping,
         "device": args.device,
@@ -209,6 +218,12 @@ def evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--n-bootstrap", type=int, default=1000, help="resamples for the AUC interval (0: none)"
     )
+    parser.add_argument(
+        "--no-explain",
+        dest="explain",
+        action="store_false",
+        help="skip the class-activation maps (saliency.png), for speed",
+    )
     return parser
 
 
@@ -225,6 +240,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         n_bootstrap=args.n_bootstrap,
+        explain=args.explain,
     )
     print(format_markdown(metrics))
     print(f"\nwrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'figures'}/")

@@ -1,8 +1,10 @@
 """Evaluating a saved model on one split: checkpoint -> probabilities -> metrics -> files.
 
-``python -m lensing evaluate --data DIR --checkpoint FILE [--split test] [--out reports] [--tta]``
-writes ``<out>/metrics.json`` and ``<out>/figures/{roc,confusion_matrix,training_history}.png``
-and prints a markdown table of the numbers.
+``python -m lensing evaluate --data DIR --checkpoint FILE [--split test] [--out reports] [--tta]
+[--no-explain]`` writes ``<out>/metrics.json`` and ``<out>/figures/``: ROC curves, confusion
+matrix, training history, the reliability diagram before and after temperature scaling, the
+most confident mistakes and (unless --no-explain) class-activation maps; it prints a markdown
+table of the numbers.
 """
 
 from __future__ import annotations
@@ -10,15 +12,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from lensing.calibration import fit_temperature, logits_from_probs
 from lensing.config import CLASSES, REPORTS_DIR
-from lensing.data import LensingDataset, data_kind
+from lensing.data import LensingDataset, provenance
+from lensing.explain_plots import write_explanations
 from lensing.inference import load_trained_model, predict
-from lensing.io import atomic_write_json
+from lensing.io import atomic_torch_save, atomic_write_json
 from lensing.metrics import compute_metrics
 from lensing.plots import plot_confusion, plot_history, plot_roc
+from lensing.preprocess import stretch_of
 from lensing.runtime import pick_device, resolve_precision
 
 METRICS_JSON = "metrics.json"
+CALIBRATION_KEYS = ("ece", "ece_calibrated", "temperature")
 
 
 def evaluate_checkpoint(
@@ -31,6 +39,7 @@ def evaluate_checkpoint(
     device: str = "auto",
     precision: str = "auto",
     n_bootstrap: int = 1000,
+    explain: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a saved model on one split and write its metrics and figures.
 
@@ -44,38 +53,79 @@ def evaluate_checkpoint(
     tta: average predictions over the 8 rotations and flips.
     batch_size, device, precision: see ``lensing.inference.predict``.
     n_bootstrap: resamples for the macro AUC's 95% interval.
+    explain: also draw the class-activation maps (``figures/saliency.png``).
 
     Returns
     -------
     The metrics dict of ``compute_metrics`` plus ``data`` (the data's provenance),
     ``pretrained`` (bool, or None when the checkpoint does not say), ``split``, ``n_images``,
-    ``checkpoint`` (path), ``tta``, ``precision``.
+    ``checkpoint`` (path), ``tta``, ``precision`` and ``calibration`` ({ece, ece_calibrated,
+    temperature}: the expected calibration error before and after temperature scaling, the
+    temperature fitted on the validation split and stored in the checkpoint for ``predict``).
     """
     out_dir = Path(out_dir)
     model, state = load_trained_model(checkpoint)
     torch_device = pick_device(device)
-    precision = resolve_precision(precision, torch_device)
+    options = {
+        "device": torch_device,
+        "batch_size": batch_size,
+        "precision": resolve_precision(precision, torch_device),
+        "tta": tta,
+        "stretch": stretch_of(state),
+    }
     dataset = LensingDataset(data_dir, split)
-    probs, labels = predict(
-        model, dataset, device=torch_device, batch_size=batch_size, precision=precision, tta=tta
-    )
+    probs, labels = predict(model, dataset, **options)
     metrics = compute_metrics(labels, probs, classes=CLASSES, n_bootstrap=n_bootstrap)
     metrics.update(
-        data=data_kind(data_dir),
+        data=provenance(data_dir),
         pretrained=was_pretrained(state),
         split=split,
         n_images=int(len(labels)),
         checkpoint=str(checkpoint),
         tta=bool(tta),
-        precision=precision,
+        precision=options["precision"],
     )
-    atomic_write_json(out_dir / METRICS_JSON, metrics)
+    temperature = validation_temperature(model, state, checkpoint, data_dir, options)
     figures = out_dir / "figures"
+    summary = write_explanations(
+        model,
+        dataset,
+        labels,
+        probs,
+        figures,
+        temperature=temperature,
+        saliency=explain,
+        stretch=options["stretch"],
+    )
+    metrics["calibration"] = {key: summary[key] for key in CALIBRATION_KEYS}
+    atomic_write_json(out_dir / METRICS_JSON, metrics)
     plot_roc(labels, probs, figures / "roc.png", classes=CLASSES)
     plot_confusion(metrics["confusion_matrix"], figures / "confusion_matrix.png", classes=CLASSES)
     if state.get("history"):
         plot_history(state["history"], figures / "training_history.png")
     return metrics
+
+
+def validation_temperature(
+    model: torch.nn.Module,
+    state: dict[str, Any],
+    checkpoint: str | Path,
+    data_dir: str | Path,
+    options: dict[str, Any],
+) -> float:
+    """The softmax temperature fitted on the validation split (never the test split).
+
+    It is stored in the checkpoint (``temperature``, with the ``temperature_tta`` it was fitted
+    with), written atomically, so ``predict`` reports calibrated probabilities too; a stored
+    one fitted the same way is reused.
+    """
+    if state.get("temperature_tta") == bool(options["tta"]) and "temperature" in state:
+        return float(state["temperature"])
+    probs, labels = predict(model, LensingDataset(data_dir, "val"), **options)
+    temperature = fit_temperature(logits_from_probs(probs), labels)
+    state |= {"temperature": temperature, "temperature_tta": bool(options["tta"])}
+    atomic_torch_save(state, checkpoint)
+    return temperature
 
 
 def was_pretrained(state: dict[str, Any]) -> bool | None:
@@ -107,7 +157,14 @@ def format_markdown(metrics: dict[str, Any]) -> str:
         f"| AUC macro | {macro} |",
     ]
     lines += [f"| AUC {name} | {auc:.4f} |" for name, auc in metrics["auc_per_class"].items()]
-    lines += [f"| accuracy | {metrics['accuracy']:.4f} |", ""]
+    lines += [f"| accuracy | {metrics['accuracy']:.4f} |"]
+    calibration = metrics.get("calibration")
+    if calibration:
+        lines.append(
+            f"| ECE (15 bins) | {calibration['ece']:.4f}, after temperature "
+            f"{calibration['temperature']:.2f}: {calibration['ece_calibrated']:.4f} |"
+        )
+    lines.append("")
     lines += [
         "| true \\ predicted | " + " | ".join(classes) + " |",
         "|---|" + "---|" * len(classes),

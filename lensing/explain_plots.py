@@ -31,6 +31,7 @@ from lensing.calibration import (
 )
 from lensing.config import CLASSES
 from lensing.plots import save_figure
+from lensing.preprocess import apply_stretch
 from lensing.saliency import saliency_maps
 
 N_MISTAKES = 12  # mistakes shown by default
@@ -283,6 +284,9 @@ def write_explanations(
     classes: Sequence[str] = CLASSES,
     temperature: float | None = None,
     n_mistakes: int = N_MISTAKES,
+    *,
+    saliency: bool = True,
+    stretch: str = "none",
 ) -> dict[str, Any]:
     """Calibration numbers and the three figures of an evaluated split, in one call.
 
@@ -297,6 +301,9 @@ def write_explanations(
     temperature: T stored with the model (fitted on the validation split); None fits it on
         these items (see ``lensing.calibration.calibration_summary``).
     n_mistakes: mistakes shown.
+    saliency: also compute the class-activation maps and write saliency.png (the slow part).
+    stretch: the model's input stretch (``lensing.preprocess``), applied before the maps are
+        computed; the figure shows the images as stored.
 
     Returns
     -------
@@ -314,13 +321,17 @@ def write_explanations(
         n_bins=summary["n_bins"],
         temperature=summary["temperature"],
     )
+    plot_mistakes(images, labels, probs, classes, figures_dir / "mistakes.png", n=n_mistakes)
+    if not saliency:
+        return summary
     picks = saliency_picks(labels, probs)
     batch = torch.stack(
         [torch.as_tensor(_image(images, int(i)), dtype=torch.float32) for i in picks]
     )[:, None]
     # Explain the class the figure names as predicted (with test-time averaging it can differ
     # from the prediction of the single view the map is computed on).
-    maps = saliency_maps(model, batch, targets=probs[picks].argmax(axis=1))
+    targets = probs[picks].argmax(axis=1)
+    maps = saliency_maps(model, apply_stretch(batch, stretch), targets=targets)
     plot_saliency(
         batch[:, 0].numpy(),
         maps,
@@ -329,7 +340,6 @@ def write_explanations(
         classes,
         figures_dir / "saliency.png",
     )
-    plot_mistakes(images, labels, probs, classes, figures_dir / "mistakes.png", n=n_mistakes)
     return summary
 
 

@@ -14,6 +14,7 @@ from lensing.batches import ordered_batches
 from lensing.checkpoint import CheckpointError, first_line, load_checkpoint
 from lensing.config import CLASSES
 from lensing.model import build_model
+from lensing.preprocess import apply_stretch
 from lensing.runtime import autocast, pick_device, plain_state_dict, resolve_precision
 
 
@@ -25,6 +26,7 @@ def predict(
     batch_size: int = 256,
     precision: str = "fp32",
     tta: bool = False,
+    stretch: str = "none",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities of every image of a split, in split order.
 
@@ -38,6 +40,7 @@ def predict(
     batch_size: images per forward pass.
     precision: "fp32", "bf16", "fp16" or "auto" (``lensing.runtime.resolve_precision``).
     tta: average the softmax over the 8 rotations and flips of each image (``d4_views``).
+    stretch: the input stretch the model was trained with (``lensing.preprocess``).
 
     Returns
     -------
@@ -54,7 +57,8 @@ def predict(
     try:
         with torch.inference_mode():
             for images, targets in ordered_batches(dataset, batch_size):
-                probs.append(batch_probabilities(model, images, device, precision, tta).cpu())
+                p = batch_probabilities(model, images, device, precision, tta, stretch)
+                probs.append(p.cpu())
                 labels.append(torch.as_tensor(targets).long().cpu())
     finally:
         model.train(was_training)
@@ -69,9 +73,11 @@ def batch_probabilities(
     device: torch.device,
     precision: str,
     tta: bool = False,
+    stretch: str = "none",
 ) -> torch.Tensor:
     """Softmax probabilities (B, K) float64 of one batch (B, 1, H, W), the model in eval mode."""
-    images = images.to(device, non_blocking=True).to(memory_format=torch.channels_last)
+    images = images.to(device, non_blocking=True)
+    images = apply_stretch(images, stretch).to(memory_format=torch.channels_last)
     views = d4_views(images) if tta else [images]
     total = None
     for view in views:

@@ -16,6 +16,7 @@ from lensing.batches import share
 from lensing.config import CLASSES
 from lensing.inference import predict
 from lensing.metrics import compute_metrics
+from lensing.preprocess import apply_stretch
 from lensing.progress import bar as progress_bar
 from lensing.runtime import autocast, unwrap
 
@@ -35,6 +36,7 @@ def train_one_epoch(
     channels_last: bool = True,
     progress: bool = True,
     description: str = "train",
+    stretch: str = "none",
 ) -> dict[str, float]:
     """One pass over ``batches`` (images (B, 1, H, W), labels (B,) on ``device``).
 
@@ -53,7 +55,7 @@ def train_one_epoch(
     start = time.perf_counter()
     bar = progress_bar(batches, enabled=progress, desc=description, leave=False, unit="batch")
     for step, (images, labels) in enumerate(bar):
-        images = augment_batch(images, augment, generator)
+        images = augment_batch(apply_stretch(images, stretch), augment, generator)
         images = images.contiguous(memory_format=memory_format)
         with autocast(device, precision):
             loss = criterion(model(images), labels)
@@ -93,6 +95,7 @@ def validate(
     device: torch.device,
     precision: str = "fp32",
     batch_size: int = 256,
+    stretch: str = "none",
 ) -> dict[str, float]:
     """Validation loss (mean cross-entropy), macro one-vs-rest AUC and accuracy of ``model``.
 
@@ -107,7 +110,12 @@ def validate(
     plain = unwrap(model)  # DDP's forward would synchronize buffers
     if not world.distributed:
         probs, labels = predict(
-            plain, dataset, device=device, batch_size=batch_size, precision=precision
+            plain,
+            dataset,
+            device=device,
+            batch_size=batch_size,
+            precision=precision,
+            stretch=stretch,
         )
     else:
         distributed.broadcast_buffers(plain)
@@ -121,6 +129,7 @@ def validate(
                 device=device,
                 batch_size=batch_size,
                 precision=precision,
+                stretch=stretch,
             )
             share_probs, share_labels = torch.from_numpy(p), torch.from_numpy(y)
         probs = distributed.gather_rows(share_probs).numpy()

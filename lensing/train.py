@@ -312,6 +312,7 @@ def _train_and_validate(
         channels_last=config.channels_last,
         progress=progress,
         description=f"epoch {epoch + 1}/{config.epochs}",
+        stretch=config.stretch,
     )
     val = validate(
         run.model,
@@ -319,6 +320,7 @@ def _train_and_validate(
         device=device,
         precision=precision,
         batch_size=config.eval_batch_size,
+        stretch=config.stretch,
     )
     entry = {
         "epoch": epoch + 1,

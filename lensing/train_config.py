@@ -21,6 +21,7 @@ from lensing.config import (
     canonical_augmentation,
     default_data_dir,
 )
+from lensing.preprocess import STRETCHES
 
 
 @dataclass
@@ -43,6 +44,7 @@ class TrainConfig:
     # "flip-affine": the seed notebook's flip, rotation <= 10 deg, shift <= 5 %, zoom 0.95-1.05;
     # "d4": the 8 exact flips and 90-degree turns; "none". "seed" is an old name of flip-affine.
     augment: str = "flip-affine"
+    stretch: str = "none"  # input stretch before the network: "none", "log" or "arcsinh"
     seed: int = 0  # seeds weights init, data order and augmentation
     device: str = "auto"  # "auto" (cuda, mps, cpu), or "cpu", "cuda", "cuda:1", "mps"
     resume: bool = False  # continue from <out_dir>/checkpoint.pth when it exists
@@ -82,6 +84,7 @@ class TrainConfig:
             lambda v: _is_number(v) and 0 < v < 1,
             "in (0, 1)",
         )
+        _require("stretch", self.stretch, lambda v: v in STRETCHES, f"one of {STRETCHES}")
         _require("schedule", self.schedule, lambda v: v in SCHEDULES, f"one of {SCHEDULES}")
         _require("precision", self.precision, lambda v: v in PRECISIONS, f"one of {PRECISIONS}")
         _require("augment", self.augment, lambda v: v in AUGMENTATIONS, f"one of {AUGMENTATIONS}")

@@ -131,5 +131,10 @@ def simulate_image(
     from ``preset`` (default: the default preset): float64 (1, size, size) in [0, 1], min 0 and max 1."""
     from lensing.simulate.draw import draw_parameters
 
+    if isinstance(preset, LookalikePreset):
+        # Separate streams for the lens and for the noise: with one seed the three classes get
+        # the same smooth lens and the same noise, and differ by the substructure alone.
+        draw_rng, noise_rng = rng.spawn(2)
+        return normalize(render(draw_parameters(class_name, draw_rng, preset), noise_rng, preset))
     params = draw_parameters(class_name, rng, preset)
     return normalize(render(params, rng, preset))
