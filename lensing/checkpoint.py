@@ -230,9 +230,10 @@ def read_resume_state(config: Any, path: Path) -> dict[str, Any] | None:
 
 def _warn_on_changed_config(saved: dict[str, Any], config: Any, path: Path) -> None:
     now = dataclasses.asdict(config)
-    saved = dict(saved)
-    if "augment" in saved:
-        saved["augment"] = canonical_augmentation(saved["augment"])
+    # A field the saved config lacks did not exist then: the run had what is now its default.
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    saved = {key: saved.get(key, defaults.get(key)) for key in RESUME_MUST_MATCH}
+    saved["augment"] = canonical_augmentation(saved["augment"])
     changed = {k: (saved.get(k), now[k]) for k in RESUME_MUST_MATCH if saved.get(k) != now[k]}
     if changed:
         text = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())

@@ -1,18 +1,20 @@
 """Loading the lensing images: discovery, validation, an in-memory tensor cache, the test split.
 
-Layout (DESIGN.md): ``<root>/<split>/<class>/<n>.npy`` with class folders ``no``, ``sphere``,
-``vort``. Each file holds one image, shape ``(1, 150, 150)`` (also accepted: ``(150, 150)`` and
-``(150, 150, 1)``), finite values, min-max normalized to [0, 1] in the real set.
+Layout: ``<root>/<split>/<class>/<n>.npy`` (FITS files are read too) with class folders
+``no``, ``sphere``, ``vort``. Each file holds one 150 x 150 image in a layout
+:func:`lensing.images.read_image` accepts, min-max normalized to [0, 1] as it is read, so
+photon counts and pre-normalized files give the same tensor.
 
-A file that cannot be used (empty, truncated, pickled or object array, wrong shape, non-numeric
-or non-finite values) is skipped and listed in ``dataset.skipped`` with its reason; one warning
-sums them up. It never stops a run. A missing class folder or a split with no usable file is
-an error that names the folder.
+A file that cannot be used (unreadable, truncated, a bare pickle, wrong shape, non-numeric,
+non-finite or constant pixels, a folder or FIFO with an image's name, a dangling symlink, a
+symlink loop) is skipped and listed in ``dataset.skipped`` with its reason; one warning sums
+them up. It never stops a run. A missing class folder or a split with no usable file is an
+error that names the folder.
 
 The first load of a split reads every file once and writes a consolidated cache,
 ``<root>/.cache/<split>-<fingerprint>.npy`` (float32 images) with a ``.json`` index beside it.
-The fingerprint covers every file's path, size and modification time, so adding, removing or
-touching a file rebuilds the cache; a second load is one sequential read.
+The fingerprint covers every file's path, size and modification time (and which entries cannot
+be stat-ed), so adding, removing or touching a file rebuilds the cache.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,45 +29,60 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from lensing.config import CLASSES, IMAGE_SIZE, MANIFEST, SPLITS
-from lensing.io import atomic_save_npy, atomic_write_json
-
-ACCEPTED_SHAPES = (
-    (1, IMAGE_SIZE, IMAGE_SIZE),
-    (IMAGE_SIZE, IMAGE_SIZE),
-    (IMAGE_SIZE, IMAGE_SIZE, 1),
+from lensing.download import read_source_marker
+from lensing.imagefile import ImageError, stat_problem, unstatable_reason
+from lensing.images import (
+    file_fingerprint,
+    has_accepted_suffix,
+    natural_key,
+    read_image,
 )
-NPY_MAGIC = b"\x93NUMPY"  # first bytes of every .npy file
+from lensing.io import atomic_save_npy, atomic_write_json
+from lensing.progress import bar
+
 TEST_SPLIT_FILE = "test_split.json"  # the written-down test split, when the set has no test/
 CACHE_DIR = ".cache"
-CACHE_VERSION = 1  # bump when the cache format changes, so old caches are ignored
+# Bump when the cache's content changes, so old caches are ignored. 2: images min-max
+# normalized on read (version 1 held them as the files did).
+CACHE_VERSION = 2
+PROVENANCES = ("simulated", "deeplense-test-i", "external")
+ITEM_SHAPE = (1, IMAGE_SIZE, IMAGE_SIZE)  # one image as the dataset gives it
 
-
-class BadFileError(ValueError):
-    """A data file that cannot be used; the message is the reason."""
+# The name callers outside this module still catch; ImageError is the reader's own.
+BadFileError = ImageError
 
 
 class DataWarning(UserWarning):
     """Skipped files or an unbalanced split."""
 
 
-def natural_key(path: str | Path) -> tuple:
-    """Sort key putting ``2.npy`` before ``10.npy``: digit runs compare as numbers."""
-    parts = re.split(r"(\d+)", Path(path).name)
-    return tuple((1, int(p), p) if p.isdigit() else (0, 0, p) for p in parts)
+def provenance(root: str | Path) -> str:
+    """Where the set in ``root`` came from, as far as ``root`` itself can show.
 
-
-def data_kind(root: str | Path) -> str:
-    """``"simulated"`` when the simulator's manifest sits in ``root``, otherwise ``"real"``."""
-    return "simulated" if (Path(root) / MANIFEST).is_file() else "real"
+    ``"simulated"``: the simulator's manifest (``config.MANIFEST``) is there.
+    ``"deeplense-test-i"``: the download's provenance marker is there and valid
+    (``lensing.download.read_source_marker``). ``"external"``: anything else; such a folder
+    may hold anything, so it is never called real.
+    """
+    root = Path(root)
+    if (root / MANIFEST).is_file():
+        return "simulated"
+    if read_source_marker(root) is not None:
+        return "deeplense-test-i"
+    return "external"
 
 
 def find_split_files(root: str | Path, split: str) -> list[tuple[Path, int]]:
-    """Every ``.npy`` of ``<root>/<split>/<class>/``, in natural order, with its class index.
+    """Every entry of ``<root>/<split>/<class>/`` with an image's name, with its class index.
 
-    Raises FileNotFoundError naming the split or class folder when it is missing.
+    Classes in ``CLASSES`` order, each folder's entries in natural order (``2.npy`` before
+    ``10.npy``); names starting with "." are passed over, subfolders are not searched. Entries
+    are listed, not judged: a FIFO, folder or dangling symlink named ``x.npy`` is in the list
+    and is skipped with its reason when the split is read. Raises FileNotFoundError naming the
+    split or class folder when it is missing, OSError naming a class folder that cannot be
+    listed.
     """
     split_dir = Path(root) / split
     if not split_dir.is_dir():
@@ -81,43 +97,21 @@ def find_split_files(root: str | Path, split: str) -> list[tuple[Path, int]]:
                 f"missing class folder {class_dir}; every split needs the folders "
                 f"{', '.join(CLASSES)}"
             )
-        found += [(p, label) for p in sorted(class_dir.glob("*.npy"), key=natural_key)]
+        try:
+            names = os.listdir(class_dir)
+        except OSError as err:
+            raise OSError(
+                f"cannot list the class folder {class_dir}: {stat_problem(class_dir, err, 'list')}"
+            ) from None
+        names = [n for n in names if not n.startswith(".") and has_accepted_suffix(n)]
+        found += [(class_dir / n, label) for n in sorted(names, key=natural_key)]
     return found
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """One image as float32 ``(1, 150, 150)``; raises BadFileError saying why it cannot be used."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(len(NPY_MAGIC))
-            if not magic:
-                raise BadFileError("empty file (0 bytes)")
-            if magic != NPY_MAGIC:
-                # np.load would take anything else for a pickle; pickles are never loaded.
-                raise BadFileError("not a .npy file (no NumPy header; pickles are refused)")
-            f.seek(0)
-            array = np.load(f, allow_pickle=False)
-    except BadFileError:
-        raise
-    except ValueError as err:
-        if "allow_pickle" in str(err):
-            raise BadFileError("object array (refused: allow_pickle=False)") from None
-        raise BadFileError(f"unreadable or truncated .npy ({err})") from None
-    except (OSError, EOFError) as err:
-        raise BadFileError(f"unreadable or truncated ({type(err).__name__}: {err})") from None
-    if not isinstance(array, np.ndarray):
-        raise BadFileError(f"not a single array (got {type(array).__name__})")
-    if array.dtype.kind not in "fiu":
-        raise BadFileError(f"non-numeric dtype {array.dtype}")
-    if array.shape not in ACCEPTED_SHAPES:
-        raise BadFileError(
-            f"shape {array.shape}; expected one of {', '.join(map(str, ACCEPTED_SHAPES))}"
-        )
-    array = array.reshape(1, IMAGE_SIZE, IMAGE_SIZE).astype(np.float32)
-    if not np.isfinite(array).all():
-        raise BadFileError("non-finite values (nan or inf)")
-    return array
+    """One image file as float32 ``(1, 150, 150)``, min-max normalized to [0, 1]; raises
+    ImageError (alias BadFileError) saying why it cannot be used (see ``read_image``)."""
+    return read_image(path).array.reshape(ITEM_SHAPE)
 
 
 def check_balance(counts: dict[str, int], tolerance: float = 0.2, name: str = "split") -> bool:
@@ -154,7 +148,7 @@ def split_off_test_set(
     else:
         record_path = root / TEST_SPLIT_FILE
         if record_path.is_file():
-            chosen = set(json.loads(record_path.read_text())["test"])
+            chosen = _read_test_record(record_path)
         else:
             if not 0 < test_fraction < 1:
                 raise ValueError(f"test_fraction {test_fraction!r}; expected 0 < share < 1")
@@ -164,7 +158,7 @@ def split_off_test_set(
                 {
                     "seed": seed,
                     "test_fraction": test_fraction,
-                    "test": sorted(chosen, key=natural_key),
+                    "test": sorted(chosen, key=lambda name: (natural_key(name), name)),
                 },
             )
         test = [(p, y) for p, y in train if _relative(root, p) in chosen]
@@ -176,6 +170,23 @@ def split_off_test_set(
             else f"empty test set for {root}: train is too small to hold out a test share"
         )
     return {"train": train, "test": test}
+
+
+def _read_test_record(path: Path) -> set[str]:
+    """The test files named in a ``test_split.json``; ValueError naming the file if it is not
+    such a record (it is never redrawn silently: that would move files between the splits)."""
+    try:
+        record = json.loads(path.read_bytes())
+        chosen = record["test"]
+        if not (isinstance(chosen, list) and all(isinstance(c, str) for c in chosen)):
+            raise TypeError("'test' is not a list of paths")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"unreadable test split record {path} ({type(err).__name__}: {err}); expected the "
+            "JSON split_off_test_set writes, with a 'test' list of paths. Delete it to draw a "
+            "new test split (earlier results then no longer compare)"
+        ) from None
+    return set(chosen)
 
 
 def _draw_test_files(root: Path, train, fraction: float, seed: int) -> set[str]:
@@ -205,6 +216,10 @@ class LensingDataset(Dataset):
     cache: write and reuse the consolidated cache under ``<root>/.cache/``.
     progress: show a progress bar while reading files.
     balance_tolerance: warn when a class count is off the mean by more than this share.
+    test_fraction, seed: passed to :func:`split_off_test_set`.
+
+    Attributes: ``files`` (list of Path), ``labels`` (LongTensor (N,)), ``images`` (tensor or
+    None), ``skipped`` (list of (Path, reason str)), ``kind`` (the :func:`provenance`).
     """
 
     def __init__(
@@ -223,7 +238,7 @@ class LensingDataset(Dataset):
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         self.root = Path(root)
         self.split = split
-        self.kind = data_kind(self.root)
+        self.kind = provenance(self.root)
         if split == "val":
             candidates = find_split_files(self.root, "val")
         else:
@@ -231,7 +246,7 @@ class LensingDataset(Dataset):
         files, labels, self.skipped, images = self._load(candidates, in_memory, cache, progress)
         if not files:
             raise ValueError(
-                f"no usable .npy file in {self.root / split} "
+                f"no usable image file in {self.root / split} "
                 f"({len(self.skipped)} skipped): expected {'/'.join(CLASSES)} images there"
             )
         self.files = files
@@ -268,61 +283,94 @@ class LensingDataset(Dataset):
         )
 
     def _load(self, candidates, in_memory: bool, cache: bool, progress: bool):
-        """Read (or take from the cache) the valid files, their labels and, in memory, images."""
-        index_path = self._cache_path(candidates) if cache else None
-        if index_path is not None and index_path.is_file():
-            index = json.loads(index_path.read_text())
-            images_path = index_path.with_suffix(".npy")
-            if index.get("version") == CACHE_VERSION and (not in_memory or images_path.is_file()):
-                images = np.load(images_path, allow_pickle=False) if in_memory else None
-                files = [self.root / f for f in index["files"]]
-                skipped = [(self.root / f, why) for f, why in index["skipped"]]
-                return files, index["labels"], skipped, images
-
-        # Without in_memory, files are still read once to validate them, but not kept.
-        shape = (len(candidates) if in_memory else 0, 1, IMAGE_SIZE, IMAGE_SIZE)
-        images = np.empty(shape, np.float32)
-        keep, skipped = [], []
-
-        def read(item):
-            i, (path, _) = item
-            try:
-                image = load_image(path)
-                if in_memory:
-                    images[i] = image
-                return None
-            except BadFileError as err:
-                return str(err)
-
-        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-            results = pool.map(read, enumerate(candidates), chunksize=64)
-            bar = tqdm(
-                results,
-                total=len(candidates),
-                disable=not progress,
-                unit="img",
-                desc=f"loading {self.split}",
-            )
-            for (path, _), (i, problem) in zip(candidates, enumerate(bar), strict=True):
-                if problem is None:
-                    keep.append(i)
-                else:
-                    skipped.append((path, problem))
+        """The valid files, their labels, the skipped (path, reason) and, in memory, images;
+        from the cache when it matches the files' fingerprints, else by reading every file."""
+        problems: dict[int, str] = {}
+        lines = []
+        for i, (path, label) in enumerate(candidates):
+            fingerprint = file_fingerprint(path)
+            if fingerprint is None:
+                # Marked in the digest, so the cache is rebuilt once the entry can be read.
+                problems[i] = unstatable_reason(path) or "appeared while the folder was read"
+                lines.append(f"{_relative(self.root, path)}|{label}|-")
+            else:
+                lines.append(
+                    f"{_relative(self.root, path)}|{label}|{fingerprint[0]}|{fingerprint[1]}"
+                )
+        index_path = self._cache_path(lines) if cache else None
+        cached = self._read_cache(index_path, in_memory) if index_path is not None else None
+        if cached is not None:
+            return cached
+        images = self._read_files(candidates, problems, in_memory, progress)
+        keep = [i for i in range(len(candidates)) if i not in problems]
         images = images[keep] if in_memory and len(keep) < len(candidates) else images
-        images = images if in_memory else None
         files = [candidates[i][0] for i in keep]
         labels = [candidates[i][1] for i in keep]
+        skipped = [(candidates[i][0], why) for i, why in sorted(problems.items())]
         if index_path is not None and files:
             self._write_cache(index_path, files, labels, skipped, images)
         return files, labels, skipped, images
 
-    def _cache_path(self, candidates) -> Path:
+    def _read_files(self, candidates, problems: dict[int, str], in_memory: bool, progress: bool):
+        """Read every candidate not yet in ``problems``; a file that cannot be used goes into
+        ``problems`` with its reason. Returns the images (N, 1, 150, 150) float32, or None."""
+        # Without in_memory, files are still read once to validate them, but not kept.
+        images = np.zeros((len(candidates), *ITEM_SHAPE), np.float32) if in_memory else None
+
+        def read(i: int) -> str | None:
+            if i in problems:
+                return problems[i]
+            try:
+                array = read_image(candidates[i][0]).array
+            except ImageError as err:
+                return err.reason
+            if images is not None:
+                images[i, 0] = array
+            return None
+
+        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+            results = pool.map(read, range(len(candidates)), chunksize=64)
+            shown = bar(
+                results,
+                enabled=progress,
+                total=len(candidates),
+                unit="img",
+                desc=f"loading {self.split}",
+            )
+            for i, problem in enumerate(shown):
+                if problem is not None:
+                    problems[i] = problem
+        return images
+
+    def _cache_path(self, lines: list[str]) -> Path:
         digest = hashlib.sha1(str(CACHE_VERSION).encode())
-        for path, label in candidates:
-            stat = path.stat()
-            entry = f"{_relative(self.root, path)}|{label}|{stat.st_size}|{stat.st_mtime_ns}"
-            digest.update(entry.encode() + b"\n")
+        for line in lines:
+            digest.update(line.encode(errors="surrogateescape") + b"\n")
         return self.root / CACHE_DIR / f"{self.split}-{digest.hexdigest()[:16]}.json"
+
+    def _read_cache(self, index_path: Path, in_memory: bool):
+        """The cached (files, labels, skipped, images), or None when the cache is missing,
+        of another version, or damaged in any way (then it is rebuilt)."""
+        images_path = index_path.with_suffix(".npy")
+        if not index_path.is_file() or (in_memory and not images_path.is_file()):
+            return None
+        try:
+            index = json.loads(index_path.read_bytes())
+            if index.get("version") != CACHE_VERSION:
+                return None
+            files = [self.root / f for f in index["files"]]
+            labels = [int(y) for y in index["labels"]]
+            skipped = [(self.root / f, str(why)) for f, why in index["skipped"]]
+            images = None
+            if in_memory:
+                # Mapped first, so a damaged header or a wrong shape costs no memory.
+                mapped = np.load(images_path, mmap_mode="r", allow_pickle=False)
+                if mapped.shape != (len(files), *ITEM_SHAPE) or mapped.dtype != np.float32:
+                    return None
+                images = np.array(mapped)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+        return (files, labels, skipped, images) if len(labels) == len(files) else None
 
     def _write_cache(self, index_path: Path, files, labels, skipped, images) -> None:
         """Write the cache, replacing older ones of this split; a read-only root just skips it."""

@@ -4,7 +4,7 @@ Before astropy reads any data, every header is scanned here and the data size it
 (BITPIX, NAXISn, PCOUNT, GCOUNT) is checked against the bytes that follow it, so a lying
 header is an error, not a huge allocation or a half-read array. Gzipped files (recognized by
 their first bytes, whatever the name) are decompressed in memory up to
-:data:`lensing.images.MAX_FILE_BYTES`. astropy is imported on first use, not with this module.
+:data:`lensing.imagefile.MAX_FILE_BYTES`. astropy is imported on first use, not with this module.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lensing import images
-from lensing.images import ImageError
+from lensing import imagefile
+from lensing.imagefile import ImageError
 
 BLOCK = 2880  # FITS headers and data come in blocks of this many bytes
 CARD = 80  # bytes per header card
@@ -59,22 +59,22 @@ def read_fits_image(data: bytes, *, hdu: int | str | None = None) -> np.ndarray:
     2-D (a leading axis of 1 is allowed), a non-numeric result.
     """
     if data[:2] == GZIP_MAGIC:
-        data = _gunzip(data, images.MAX_FILE_BYTES)
+        data = _gunzip(data, imagefile.MAX_FILE_BYTES)
     hdus = scan_headers(data)
     chosen = _choose(hdus, hdu)
-    images.image_plane(chosen.shape, trailing=False)
+    imagefile.image_plane(chosen.shape, trailing=False)
     if chosen.kind == "compressed image":
         # The table holds the compressed bytes; the image it expands to is claimed separately.
         claimed = math.prod(chosen.shape) * 8
-        if claimed > images.MAX_FILE_BYTES:
+        if claimed > imagefile.MAX_FILE_BYTES:
             raise ImageError(
                 f"HDU {chosen.index} decompresses to {chosen.shape} pixels; the limit is "
-                f"{images.MAX_FILE_BYTES} bytes"
+                f"{imagefile.MAX_FILE_BYTES} bytes"
             )
     # Only the bytes up to the chosen HDU, padded to whole blocks: astropy sees no truncation.
     end = -(-chosen.end // BLOCK) * BLOCK
     buffer = data[:end] + bytes(max(end - len(data), 0))
-    from astropy.io import fits
+    from astropy.io import fits  # heavy: loaded with the first FITS file, not with lensing
 
     try:
         with fits.open(io.BytesIO(buffer), memmap=False, lazy_load_hdus=True) as hdul:
@@ -95,7 +95,7 @@ def scan_headers(data: bytes) -> list[HduInfo]:
 
     Bytes after the last HDU that do not start an extension are ignored, as FITS readers do.
     """
-    from astropy.io import fits
+    from astropy.io import fits  # heavy: loaded with the first FITS file, not with lensing
 
     if not data.startswith(b"SIMPLE  "):
         raise ImageError("not a FITS file (it does not start with a SIMPLE card)")

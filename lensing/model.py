@@ -3,10 +3,11 @@ groups, and its placement on a device (memory layout, DistributedDataParallel wr
 
 from __future__ import annotations
 
+import re
 import socket
 import sys
-import warnings
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -26,6 +27,8 @@ GROUP_MODULES = {
 # Seconds without an answer before the ImageNet download is given up (a machine whose DNS
 # resolves but whose traffic is dropped would otherwise hang for minutes).
 DOWNLOAD_TIMEOUT_S = 15.0
+# Why this process has no ImageNet weights, once it has found out (None: not failed yet).
+_imagenet_failure: str | None = None
 
 
 def build_model(pretrained: str | Path = "imagenet", num_classes: int = len(CLASSES)) -> nn.Module:
@@ -36,10 +39,10 @@ def build_model(pretrained: str | Path = "imagenet", num_classes: int = len(CLAS
     pretrained : "imagenet", "none" or a path to a weights file.
         "imagenet": torchvision's ``ResNet18_Weights.IMAGENET1K_V1`` (from the torch hub cache,
         else downloaded). When they cannot be had (no network) the model keeps its random
-        initialization and a warning says so. "none": random initialization. A path: a
-        torchvision resnet18 state_dict (3-channel conv1, converted like the ImageNet weights),
-        or a checkpoint written by ``lensing.train`` (its ``model`` entry).
-        In every case the final layer is new unless the file's fc already has
+        initialization and a warning on stderr says so, once per process. "none": random
+        initialization. A path: a torchvision resnet18 state_dict (3-channel conv1, converted
+        like the ImageNet weights), or a checkpoint written by ``lensing.train`` (its ``model``
+        entry). In every case the final layer is new unless the file's fc already has
         ``num_classes`` outputs.
     num_classes : int, number of output logits.
 
@@ -86,25 +89,58 @@ def build_model(pretrained: str | Path = "imagenet", num_classes: int = len(CLAS
 
 
 def _imagenet_state_dict() -> dict[str, torch.Tensor] | None:
-    """ImageNet ResNet18 weights from the hub cache or the network; None (and a warning) if not."""
+    """ImageNet ResNet18 weights from the torch hub cache, else downloaded into it; None when
+    they cannot be had, said once per process.
+
+    The cache is looked at first, so an offline machine with the file needs no network. The
+    download goes through ``torch.hub.download_url_to_file`` directly, without a progress bar:
+    torch's own loader prints ``Downloading: ...`` before it knows whether the download will
+    work, which reads as a success on a machine that has no network. After one failure the
+    process does not try again (each search trial would otherwise wait for the timeout and
+    repeat the same message); its models are labelled ``is_pretrained=False``.
+    """
+    global _imagenet_failure
     weights = ResNet18_Weights.IMAGENET1K_V1
-    previous_timeout = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    cache_dir = Path(torch.hub.get_dir()) / "checkpoints"
+    cached = cache_dir / Path(urlparse(weights.url).path).name
+    if not cached.is_file():
+        if _imagenet_failure is not None:
+            return None  # already reported in this process
+        previous_timeout = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            # The file name carries the first digits of its SHA-256; a mismatch is an error.
+            digest = re.search(r"-([0-9a-f]{8,})\.", cached.name)
+            torch.hub.download_url_to_file(
+                weights.url, str(cached), digest.group(1) if digest else None, progress=False
+            )
+        except (OSError, RuntimeError, ValueError) as error:
+            _report_missing_weights(f"the download from {weights.url} failed ({error})", cached)
+            return None
+        finally:
+            socket.setdefaulttimeout(previous_timeout)
+        print(f"Downloaded the ImageNet ResNet18 weights to {cached}", file=sys.stderr)
     try:
-        # Looks in torch.hub.get_dir()/checkpoints first, so a cached file needs no network.
-        return weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
-    except (OSError, RuntimeError, ValueError) as error:
-        message = (
-            f"could not get ImageNet weights for ResNet18 ({weights.url}): {error}. "
-            "Falling back to RANDOM initialization; results are labelled pretrained=False. "
-            "To use them offline, put resnet18-f37072fd.pth into "
-            f"{torch.hub.get_dir()}/checkpoints or pass pretrained=PATH."
-        )
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
-        print(f"WARNING: {message}", file=sys.stderr, flush=True)
+        return torch.load(cached, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a truncated or foreign file
+        if _imagenet_failure is None:
+            _report_missing_weights(f"the cached file cannot be read ({error})", cached)
         return None
-    finally:
-        socket.setdefaulttimeout(previous_timeout)
+
+
+def _report_missing_weights(reason: str, cached: Path) -> None:
+    """Say once, in plain words, that training starts from random weights, and how to fix it."""
+    global _imagenet_failure
+    _imagenet_failure = reason
+    print(
+        f"WARNING: no ImageNet weights for ResNet18: {reason}. Models start from RANDOM "
+        "weights and results are labelled pretrained=False. To fix: run once with network "
+        f"access, or copy {cached.name} to {cached}, or pass --pretrained PATH "
+        "(pretrained = PATH in the notebook).",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:

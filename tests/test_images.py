@@ -18,7 +18,7 @@ from astropy.io import fits
 from numpy.lib import format as npy_format
 from numpy.testing import assert_allclose
 
-from lensing import images
+from lensing import imagefile, images
 from lensing.images import (
     ImageError,
     ImageRead,
@@ -271,7 +271,7 @@ def test_fits_refusals(tmp_path, image):
 
 def test_byte_limit(tmp_path, image, monkeypatch):
     path = save(tmp_path / "x.npy", image)
-    monkeypatch.setattr(images, "MAX_FILE_BYTES", 1000)
+    monkeypatch.setattr(imagefile, "MAX_FILE_BYTES", 1000)
     refused(path, f"file of {path.stat().st_size} bytes; the limit is 1000 bytes")
 
 
@@ -469,3 +469,11 @@ def test_import_stays_light():
     code = "import sys, lensing.images; print('astropy' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("part", ["lensing.npy", "lensing.fits", "lensing.imagefile"])
+def test_format_parts_do_not_import_the_reader(part):
+    # images imports npy and fits; were either to import images back, this would be a cycle.
+    code = f"import sys, {part}; print('lensing.images' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False"]

@@ -8,6 +8,7 @@ import torchvision
 from numpy.testing import assert_allclose
 from torch import nn
 
+import lensing.model
 from lensing.config import LAYER_GROUPS
 from lensing.model import (
     GROUP_MODULES,
@@ -109,13 +110,48 @@ def test_a_bad_weights_file_is_a_clear_error(tmp_path):
         build_model(wrong)
 
 
-def test_imagenet_without_network_falls_back_with_a_warning(monkeypatch, capsys):
-    def offline(*args, **kwargs):
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty torch hub cache in tmp_path, and a process that has not looked for weights."""
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(lensing.model, "_imagenet_failure", None)
+    return tmp_path / "hub" / "checkpoints"
+
+
+def test_imagenet_without_network_says_so_once_and_claims_no_download(
+    hub_cache, monkeypatch, capsys
+):
+    attempts = []
+
+    def offline(url, dst, *args, **kwargs):
+        attempts.append(url)
         raise OSError("no network (test)")
 
-    # torchvision fetches the weights through this name; the test never touches the network.
-    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
-    with pytest.warns(RuntimeWarning, match="RANDOM initialization"):
-        model = build_model("imagenet")
-    assert model.is_pretrained is False
-    assert "WARNING" in capsys.readouterr().err
+    # The package downloads through this name; the test never touches the network.
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    first, second = build_model("imagenet"), build_model("imagenet")
+    assert first.is_pretrained is False and second.is_pretrained is False
+    out, err = capsys.readouterr()
+    assert err.count("no ImageNet weights") == 1, err
+    assert "RANDOM" in err and "pretrained=False" in err
+    assert "--pretrained PATH" in err and str(hub_cache / "resnet18-f37072fd.pth") in err
+    assert "no network (test)" in err
+    assert "Downloading" not in out + err
+    assert len(attempts) == 1  # the second model does not wait for the network again
+
+
+def test_imagenet_weights_come_from_the_hub_cache_without_network(hub_cache, monkeypatch, capsys):
+    def no_download(*args, **kwargs):
+        raise AssertionError("the cached file should have been used")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    torch.manual_seed(1)
+    rgb = torchvision.models.resnet18(weights=None).state_dict()
+    hub_cache.mkdir(parents=True)
+    torch.save(rgb, hub_cache / "resnet18-f37072fd.pth")
+    model = build_model("imagenet")
+    assert model.is_pretrained is True
+    expected = rgb["conv1.weight"].sum(dim=1, keepdim=True)
+    assert_allclose(model.conv1.weight.detach(), expected, atol=1e-6)
+    out, err = capsys.readouterr()
+    assert "WARNING" not in err and "Download" not in out + err

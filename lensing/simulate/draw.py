@@ -35,7 +35,9 @@ def _ellipticity(phi: float, q: float) -> tuple[float, float]:
     return param_util.phi_q2_ellipticity(phi, q)
 
 
-def _sersic(rng: np.random.Generator, amp: float, r: Range, n: Range, e: tuple, x: float, y: float):
+def _sersic(
+    rng: np.random.Generator, amp: float, r: Range, n: Range, e: tuple, x: float, y: float
+):
     return {
         "amp": amp,
         "R_sersic": _uniform(rng, r),
@@ -156,7 +158,9 @@ def _draw_legacy(class_name: str, rng: np.random.Generator, preset: LegacyPreset
             rng, preset.n_subhalos, drawn, preset.subhalo_radius, theta_e, cx, cy
         )
     elif class_name == "vort":
-        total = preset.vortex_mass_scale * sample_masses(rng, preset.n_subhalos, bounds, slope).sum()
+        total = (
+            preset.vortex_mass_scale * sample_masses(rng, preset.n_subhalos, bounds, slope).sum()
+        )
         masses, xs, ys = _vortex(rng, total, preset, theta_e, cx, cy)
     if masses.size:
         _add_clumps(lens, masses, xs, ys, preset)
@@ -206,7 +210,9 @@ def _draw_lookalike(class_name: str, rng: np.random.Generator, preset: Lookalike
             rng, preset.n_subhalos, drawn, preset.subhalo_radius, theta_e, cx, cy
         )
     elif class_name == "vort":
-        total = preset.vortex_mass_ratio * sample_masses(rng, preset.n_subhalos, bounds, slope).sum()
+        total = (
+            preset.vortex_mass_ratio * sample_masses(rng, preset.n_subhalos, bounds, slope).sum()
+        )
         masses, xs, ys = _vortex(rng, total, preset, theta_e, cx, cy)
     if masses.size and top > 0:
         _add_clumps(lens, masses, xs, ys, preset)

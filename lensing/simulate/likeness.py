@@ -21,7 +21,7 @@ Statistics (images are (150, 150), values in [0, 1]):
 - ``min0_max1``: fraction of images with min exactly 0 and max exactly 1.
 - ``k``: median over images of the inferred count scale k (values are multiples of 1/k when the
   image is min-max normalized integer counts, k = max - min counts); ``integer_fraction``:
-  fraction of images whose values all lie within 1e-6 of a multiple of 1/k.
+  fraction of images whose values times k all lie within 1e-6 of an integer.
 """
 
 from __future__ import annotations
@@ -99,8 +99,8 @@ def count_scale(image: np.ndarray) -> tuple[float, bool]:
     """The k of an image of min-max normalized integer counts, and whether it fits.
 
     ``image``: any shape, values in [0, 1]. k is the reciprocal of the smallest gap between
-    distinct values, rounded; ``fits`` is True when every value is within 1e-6 of a multiple
-    of 1/k.
+    distinct values, rounded; ``fits`` is True when every value times k is within 1e-6 of an
+    integer (continuous values fail: their smallest gap does not divide the others).
     """
     values = np.unique(image)
     gaps = np.diff(values)
@@ -108,7 +108,7 @@ def count_scale(image: np.ndarray) -> tuple[float, bool]:
         return float("nan"), False
     k = float(np.round(1.0 / gaps.min()))
     scaled = values * k
-    return k, bool(np.abs(scaled - np.round(scaled)).max() < 1e-6 * max(k, 1.0))
+    return k, bool(np.abs(scaled - np.round(scaled)).max() < 1e-6)
 
 
 def _ring(mean_image: np.ndarray) -> dict[str, float]:

@@ -95,15 +95,18 @@ class LegacyPreset(Instrument):
 class LookalikePreset(Instrument):
     """Looks like the real Test I set; see the field comments for each parameter's unit.
 
-    The ring's shape comes from the main lens alone (no lens light): an SIE whose position angle
-    and external shear angle scatter little around 0, so the ring is elongated along x like the
-    real one, and a source offset that gives full rings, arcs, folds and quads. The image is the
-    lensed source scaled to ``peak_counts`` at its brightest noiseless pixel, on a flat sky of
-    ``sky_counts``, drawn as integer Poisson counts, then min-max normalized per image.
+    The ring's shape comes from the main lens alone (no lens light): an SIE plus external shear,
+    both turned so that the ring's long axis lies at ``ring_phi``, which scatters little around
+    0 (the x axis): the SIE's mass major axis is then near the y axis (lenstronomy's SIE makes
+    the ring long across its mass's major axis) and the shear angle near 0. Source offsets up to
+    about the caustic's size give full rings, arcs, folds and quads. The source is a Sersic core
+    plus a faint exponential disk (the light inside the ring). The image is the lensed source
+    scaled to ``peak_counts`` at its brightest noiseless pixel, on a flat sky of ``sky_counts``,
+    drawn as integer Poisson counts, then min-max normalized per image.
 
     The substructure sits near the ring, where it perturbs the arcs, and each clump's mass is
     taken from the smooth halo by a negative Gaussian (``compensation_sigma``), so the ring keeps
-    its size and brightness: the class signal is local, not in the global statistics.
+    its size: the class signal is local, not in the global statistics.
     ``substructure_mass`` is the one strength knob: subhalo masses are drawn from
     dN/dm ~ m^-mass_function_slope between subhalo_mass_min_fraction x and 1 x it, and a vortex
     carries vortex_mass_ratio times one subhalo population's total mass.

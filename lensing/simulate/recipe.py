@@ -128,7 +128,7 @@ def simulate_image(
     class_name: str, rng: np.random.Generator, preset: Preset = PRESETS[DEFAULT_PRESET]
 ) -> np.ndarray:
     """One noisy, normalized image of class ``class_name`` (one of CLASSES) drawn with ``rng``
-    from ``preset`` (default: the default preset): float64 (1, size, size) in [0, 1], min 0 and max 1."""
+    from ``preset`` (default: the default preset): float64 (1, size, size), min 0, max 1."""
     from lensing.simulate.draw import draw_parameters
 
     if isinstance(preset, LookalikePreset):

@@ -1,0 +1,113 @@
+"""Checkpoints: safe loading, the Checkpointer's files, and resuming a run written in the
+format of the releases before the input stretch and the flip-affine name existed."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_set
+
+from lensing.checkpoint import (
+    BEST_MODEL,
+    CHECKPOINT,
+    CONFIG_JSON,
+    TRAINING_KEYS,
+    CheckpointError,
+    load_checkpoint,
+)
+from lensing.io import atomic_torch_save
+from lensing.train import TrainConfig, fit
+
+# What a rolling checkpoint held before this layout, key by key; its config had no "stretch"
+# and called the seed notebook's augmentation "seed".
+OLD_ROLLING_KEYS = {
+    "model",
+    "optimizer",
+    "scheduler",
+    "epoch",
+    "history",
+    "best_val_auc",
+    "config",
+    "rng",
+    "pretrained",
+    "classes",
+    "precision",
+    "world_size",
+}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return write_set(tmp_path_factory.mktemp("data"), {"train": 4, "val": 2, "test": 1})
+
+
+def config(data_root: Path, out: Path, **changes) -> TrainConfig:
+    values = dict(
+        data_dir=data_root,
+        out_dir=out,
+        epochs=1,
+        batch_size=4,
+        pretrained="none",
+        precision="fp32",
+        device="cpu",
+        augment="flip-affine",
+    )
+    return TrainConfig(**(values | changes))
+
+
+def test_missing_truncated_and_foreign_files_are_named(tmp_path) -> None:
+    with pytest.raises(CheckpointError, match="does not exist") as missing:
+        load_checkpoint(tmp_path / "nothing.pth")
+    assert missing.value.path == tmp_path / "nothing.pth"
+    truncated = tmp_path / "truncated.pth"
+    atomic_torch_save({"model": {"w": torch.zeros(3)}}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:40])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_checkpoint(truncated)
+    listed = tmp_path / "list.pth"
+    atomic_torch_save([1, 2], listed)
+    with pytest.raises(CheckpointError, match="holds a list"):
+        load_checkpoint(listed)
+    not_weights = tmp_path / "not_weights.pth"
+    atomic_torch_save({"model": {"w": [1.0]}}, not_weights)
+    with pytest.raises(CheckpointError, match="not a state_dict of tensors"):
+        load_checkpoint(not_weights)
+
+
+def test_a_required_key_that_is_missing_is_an_error(tmp_path) -> None:
+    path = tmp_path / "partial.pth"
+    atomic_torch_save({"model": {"w": torch.zeros(2)}}, path)
+    assert set(load_checkpoint(path)) == {"model"}
+    with pytest.raises(CheckpointError, match="lacks"):
+        load_checkpoint(path, require=TRAINING_KEYS)
+
+
+def test_a_run_writes_config_best_and_rolling_files_in_the_documented_format(
+    data_root, tmp_path
+) -> None:
+    fit(config(data_root, tmp_path), progress=False)
+    rolling = load_checkpoint(tmp_path / CHECKPOINT, require=TRAINING_KEYS)
+    assert OLD_ROLLING_KEYS <= set(rolling)
+    assert rolling["config"]["stretch"] == "none"
+    best = load_checkpoint(tmp_path / BEST_MODEL)
+    assert {"model", "params", "classes", "val_auc", "epoch", "history", "pretrained"} <= set(best)
+    assert (tmp_path / CONFIG_JSON).is_file()
+
+
+def test_a_checkpoint_in_the_old_format_resumes_without_a_changed_config_warning(
+    data_root, tmp_path
+) -> None:
+    fit(config(data_root, tmp_path, augment="seed"), progress=False)
+    path = tmp_path / CHECKPOINT
+    old = load_checkpoint(path, require=TRAINING_KEYS)
+    old["config"].pop("stretch")
+    old["config"]["augment"] = "seed"
+    atomic_torch_save({key: old[key] for key in OLD_ROLLING_KEYS}, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        result = fit(config(data_root, tmp_path, epochs=2, resume=True), progress=False)
+    assert result["start_epoch"] == 1 and result["epochs_trained"] == 1
+    assert TrainConfig.from_dict(old["config"]).augment == "flip-affine"
