@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-fast lint format data simulate lab bench bench-full strip
+.PHONY: help setup system-deps run test test-fast lint format data simulate lab dashboard bench bench-full
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -20,10 +20,23 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 setup: $(STAMP) ## create .venv and install everything (idempotent)
 
+# The servers and browser the slow tests use: Debian's PostgreSQL and Chromium, installed with
+# apt-get when missing (as root); elsewhere those tests skip and say why.
+SYSTEM_PACKAGES := postgresql chromium
+system-deps: ## install PostgreSQL and Chromium for the tests when missing (Debian, as root)
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	elif [ -n "$$missing" ]; then echo "not installed:$$missing (their tests will skip)"; fi
+
 run: $(STAMP) ## the main job: data (real or simulated), notebook headless, reports/
 	$(PY) -m lensing run
 
-test: $(STAMP) ## lint, then every test (unit tests and the notebook end to end)
+test: $(STAMP) system-deps ## lint, then every test (unit tests, the notebook, PostgreSQL, browser)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest
@@ -48,6 +61,9 @@ simulate: $(STAMP) ## simulate a small set into data/simulated (1000/250/250 per
 
 lab: $(STAMP) ## open JupyterLab on the notebook
 	$(VENV)/bin/jupyter lab notebooks/classification_notebook.ipynb
+
+dashboard: $(STAMP) ## optuna-dashboard for the search in models/ on http://127.0.0.1:8080
+	$(PY) -m lensing dashboard --out models
 
 bench: $(STAMP) ## quick benchmarks against the seed recipe (reports/benchmarks.json)
 	$(PY) -m benchmarks

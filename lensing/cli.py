@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import json
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +27,7 @@ from lensing.config import (
     LAYER_GROUPS,
     MODELS_DIR,
     PRECISIONS,
+    PRUNE_MODES,
     REPORTS_DIR,
     SCHEDULES,
     SPLITS,
@@ -37,7 +40,6 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # Commands whose parser and handler live with their subpackage, as ``cli(argv) -> int``.
 DELEGATED = {
     "simulate": ("lensing.simulate", "write a simulated data set in the real data's format"),
-    "search": ("lensing.search", "resumable grid search over the per-group learning rates"),
     "dashboard": ("lensing.dashboard", "optuna-dashboard on 127.0.0.1 for the search's study"),
     "predict": ("lensing.predict", "classify new image files (.npy, FITS) into a CSV"),
 }
@@ -49,77 +51,44 @@ def config_default(name: str) -> Any:
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
-def add_training_options(parser: argparse.ArgumentParser) -> None:
-    """The options of one training run: data, batch, weights, precision, recipe, seed."""
-    add = parser.add_argument
-    add("--data", default=config_default("data_dir"), help="data folder (%(default)s)")
-    add(
-        "--batch-size",
-        type=int,
-        default=config_default("batch_size"),
-        help="images per step and process; under torchrun the global batch is this times the "
-        "number of processes (%(default)s)",
+def add_training_options(parser: argparse.ArgumentParser, *, defaults: bool = True) -> None:
+    """The options of one training run: data, batch, weights, precision, recipe, seed.
+
+    defaults: False leaves every option None unless given (the search stores only what a user
+    set, so that TrainConfig's defaults apply to the rest), except ``--data``.
+    """
+
+    def add(flag: str, field: str | None, help: str, **kind: Any) -> None:
+        value = config_default(field) if field and defaults else None
+        shown = " (%(default)s)" if value is not None else " (TrainConfig default)"
+        parser.add_argument(flag, default=value, help=help + shown, **kind)
+
+    parser.add_argument(
+        "--data", default=config_default("data_dir"), help="data folder (%(default)s)"
     )
-    add(
-        "--weight-decay",
-        type=float,
-        default=config_default("weight_decay"),
-        help="Adam L2 penalty (%(default)s)",
-    )
-    add(
-        "--pretrained",
-        default=config_default("pretrained"),
-        help="imagenet, none or PATH to a weights file (%(default)s)",
-    )
-    add(
-        "--precision",
-        default=config_default("precision"),
-        choices=PRECISIONS,
-        help="auto: bf16 on CPUs with native bf16 and on GPUs, else fp32 (%(default)s)",
-    )
-    add(
-        "--seed",
-        type=int,
-        default=config_default("seed"),
-        help="init, order, augmentation (%(default)s)",
-    )
+    add("--batch-size", "batch_size", "images per step and process", type=int)
+    add("--weight-decay", "weight_decay", "Adam L2 penalty", type=float)
+    add("--pretrained", "pretrained", "imagenet, none or PATH to a weights file")
+    add("--precision", "precision", "auto: bf16 where native, else fp32", choices=PRECISIONS)
+    add("--seed", "seed", "init, order, augmentation", type=int)
     add(
         "--augment",
-        default=config_default("augment"),
+        "augment",
+        "flip-affine: the seed notebook's flip, rotation, shift, zoom ('seed' is its old "
+        "name); d4: flips and 90-degree turns",
         choices=AUGMENTATIONS + tuple(AUGMENTATION_ALIASES),
-        help="flip-affine: the seed notebook's flip, rotation, shift, zoom ('seed' is its old "
-        "name); d4: flips and 90-degree turns (%(default)s)",
     )
-    add(
-        "--stretch",
-        default=config_default("stretch"),
-        choices=STRETCHES,
-        help="input stretch before the network: none, log or arcsinh (%(default)s)",
-    )
+    add("--stretch", "stretch", "input stretch: none, log or arcsinh", choices=STRETCHES)
     add(
         "--schedule",
-        default=config_default("schedule"),
+        "schedule",
+        "plateau: ReduceLROnPlateau on the val AUC; onecycle: per-step warm-up, cosine decay",
         choices=SCHEDULES,
-        help="plateau: ReduceLROnPlateau on the val AUC each epoch; onecycle: per-step warm-up "
-        "to each group's lr, then cosine decay (%(default)s)",
     )
-    add(
-        "--early-stopping",
-        type=int,
-        default=config_default("early_stopping"),
-        metavar="N",
-        help="stop after N epochs without a better val AUC; 0 = off (%(default)s)",
-    )
-    add(
-        "--device", default=config_default("device"), help="auto, cpu, cuda[:N], mps (%(default)s)"
-    )
-    add(
-        "--num-workers",
-        type=int,
-        default=config_default("num_workers"),
-        help="DataLoader workers, used only when the data is not in memory (%(default)s)",
-    )
-    add(
+    add("--early-stopping", "early_stopping", "stop after N epochs without progress", type=int)
+    add("--device", "device", "auto, cpu, cuda[:N], mps")
+    add("--num-workers", "num_workers", "DataLoader workers when not in memory", type=int)
+    parser.add_argument(
         "--no-progress",
         action="store_true",
         help="no progress bars (the per-epoch log lines are still printed)",
@@ -127,7 +96,8 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
 
 
 def training_fields(args: argparse.Namespace) -> dict[str, Any]:
-    """The TrainConfig fields ``add_training_options`` set, from parsed arguments."""
+    """The TrainConfig fields ``add_training_options`` set, from parsed arguments (None where
+    an option was left unset without a default)."""
     return {
         "data_dir": args.data,
         "batch_size": args.batch_size,
@@ -267,6 +237,79 @@ def run_main_job(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def search_parser() -> argparse.ArgumentParser:
+    from lensing.search import DEFAULT_EPOCHS, DEFAULT_GRID, DEFAULT_STUDY
+    from lensing.search.storage import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S
+
+    parser = argparse.ArgumentParser(
+        prog="python -m lensing search",
+        description="Resumable grid search over the per-group learning rates. Re-run the same "
+        "command to resume; start it on several machines with one --storage to share the grid.",
+    )
+    add_training_options(parser, defaults=False)
+    add = parser.add_argument
+    add("--out", type=Path, default=MODELS_DIR, help="models folder (%(default)s)")
+    add("--epochs", type=int, default=DEFAULT_EPOCHS, help="per combination (%(default)s)")
+    add("--grid", type=Path, help="grid JSON file; default " + json.dumps(DEFAULT_GRID))
+    add(
+        "--storage",
+        help="SQLAlchemy URL (default sqlite:///<out>/grid_search.db; "
+        "postgresql://user:pass@host:port/db to share between machines)",
+    )
+    add("--study", default=DEFAULT_STUDY, help="study name (%(default)s)")
+    add("--prune", choices=PRUNE_MODES, default="none", help="stop lagging ones (%(default)s)")
+    add("--n-trials", type=int, help="this worker stops after N combinations")
+    add("--heartbeat-interval", type=int, default=HEARTBEAT_INTERVAL_S, help="s (%(default)s)")
+    add(
+        "--grace-period",
+        type=int,
+        default=GRACE_PERIOD_S,
+        help="seconds without a heartbeat before a trial is retried (%(default)s)",
+    )
+    add("--quiet", action="store_true", help="no search lines and no progress bars")
+    return parser
+
+
+def run_search_command(args: argparse.Namespace) -> int:
+    """``python -m lensing search``: 130 on Ctrl-C, 1 when the search storage fails."""
+    from lensing.search import format_table, run_search
+    from lensing.search.storage import STORAGE_ERRORS, redact
+
+    fields = {k: v for k, v in training_fields(args).items() if v is not None}
+    data_dir = fields.pop("data_dir")
+    # The command as typed, password hidden, is what the Ctrl-C message says to run again.
+    command = redact("python -m lensing search " + shlex.join(args.argv))
+    try:
+        table = run_search(
+            data_dir,
+            out_dir=args.out,
+            epochs=args.epochs,
+            grid=args.grid,
+            storage=args.storage,
+            study_name=args.study,
+            base_config=fields,
+            prune=args.prune,
+            n_trials=args.n_trials,
+            progress=not args.no_progress,
+            quiet=args.quiet,
+            heartbeat_interval=args.heartbeat_interval,
+            grace_period=args.grace_period,
+            resume_hint=command,
+        )
+    except KeyboardInterrupt:
+        return 130
+    except (ConnectionError, *STORAGE_ERRORS) as err:
+        first = redact(str(err)).splitlines()[0]
+        return _fail(
+            f"the search storage failed ({type(err).__name__}: {first}); its finished "
+            "combinations are kept: re-run the same command to resume",
+            EXIT_FAILED,
+        )
+    shown = ["key"] + ([] if args.prune != "none" else ["epochs_saved"])
+    print(format_table(table.drop(columns=shown)))
+    return EXIT_OK
+
+
 COMMANDS: dict[str, tuple[str, Callable[[], argparse.ArgumentParser], Callable]] = {
     "train": (
         "fine-tune ResNet18 with one learning rate per layer group",
@@ -279,6 +322,11 @@ COMMANDS: dict[str, tuple[str, Callable[[], argparse.ArgumentParser], Callable]]
         run_evaluate,
     ),
     "run": ("the main job: data, notebook headless, reports", run_parser, run_main_job),
+    "search": (
+        "resumable grid search over the per-group learning rates",
+        search_parser,
+        run_search_command,
+    ),
 }
 
 
@@ -304,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     _, build, handler = COMMANDS[name]
     args = build().parse_args(rest)
+    args.argv = rest
     return run_handled(handler, args)
 
 
@@ -321,10 +370,12 @@ def run_handled(handler: Callable[[argparse.Namespace], int], args: argparse.Nam
         return _fail(error, EXIT_FAILED)
 
 
-def _fail(error: BaseException, code: int) -> int:
+def _fail(error: BaseException | str, code: int) -> int:
+    """Print the error (any password in a URL hidden) and return ``code``."""
     from lensing import distributed
+    from lensing.search.storage import redact
 
     world = distributed.current()
     where = f"rank {world.rank}: " if world.distributed else ""
-    print(f"error: {where}{error}", file=sys.stderr)
+    print(f"error: {where}{redact(str(error))}", file=sys.stderr)
     return code

@@ -43,6 +43,8 @@ from lensing.npy import read_npy
 __all__ = [
     "ACCEPTED_SUFFIXES",
     "ImageError",
+    "NOTE_FILLED",
+    "NOTE_RESAMPLED",
     "ImageRead",
     "file_fingerprint",
     "find_images",
@@ -56,6 +58,8 @@ __all__ = [
 NPY_SUFFIXES = (".npy",)
 FITS_SUFFIXES = (".fits", ".fit", ".fits.gz")
 ACCEPTED_SUFFIXES = NPY_SUFFIXES + FITS_SUFFIXES  # matched case-insensitively
+# The first word of each kind of note in ImageRead.notes, so callers can count them.
+NOTE_FILLED, NOTE_RESAMPLED = "filled", "resampled"
 
 
 @dataclass(frozen=True)
@@ -63,8 +67,9 @@ class ImageRead:
     """One image as read by :func:`read_image`.
 
     array: float32 ndarray (size, size), min-max normalized to [0, 1] (pixel units: none).
-    notes: what was done to the file's pixels beyond normalizing, one sentence each (filled
-        non-finite pixels, resampling); empty when the file was used as it is.
+    notes: what was done to the file's pixels beyond normalizing, one sentence each, starting
+        with :data:`NOTE_FILLED` (non-finite pixels replaced) or :data:`NOTE_RESAMPLED`;
+        empty when the file was used as it is.
     """
 
     array: np.ndarray
@@ -154,13 +159,13 @@ def _finish(image: np.ndarray, *, fill_nonfinite: bool, resize: bool, size: int)
             )
         fill = float(pixels[finite].min())
         pixels = np.where(bad, fill, pixels)
-        notes.append(f"filled {n_bad} non-finite pixels with the finite minimum {fill:.6g}")
+        notes.append(f"{NOTE_FILLED} {n_bad} non-finite pixels with the finite minimum {fill:.6g}")
     low, high = float(pixels.min()), float(pixels.max())
     if low == high:
         raise ImageError(f"constant image (every pixel = {low:.6g}); cannot min-max normalize")
     if resampling:
         pixels = resample(pixels, size)
-        notes.append(f"resampled {height}x{width} -> {size}x{size} pixels")
+        notes.append(f"{NOTE_RESAMPLED} {height}x{width} -> {size}x{size} pixels")
         low, high = float(pixels.min()), float(pixels.max())
         # Resampling sums many weighted pixels, so a flat result may differ by rounding only.
         if high - low <= 1e-12 * max(abs(low), abs(high)):

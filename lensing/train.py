@@ -162,13 +162,7 @@ def fit(
         if improved:
             run.best_val_auc = entry["val_auc"]
             saver.save_best(run.model, run.best_val_auc, epoch + 1, run.history)
-        rng_states = distributed.gather_objects(capture_rng(run.generators))
-        training = {"model": run.model, "optimizer": run.optimizer}
-        training |= {"scheduler": run.scheduler, "scaler": run.scaler}
-        saver.save_rolling(
-            training, epoch + 1, run.history, run.best_val_auc, rng_states, precision
-        )
-        distributed.barrier()  # no rank runs ahead of a checkpoint that is not yet on disk
+        _save_rolling(saver, run, epoch + 1, precision)
         epochs_trained += 1
         elapsed = time.perf_counter() - run_start
         _log(
@@ -187,6 +181,14 @@ def fit(
         "best_checkpoint": str(saver.best_path),
         "pretrained": run.pretrained,
     }
+
+
+def _save_rolling(saver: Checkpointer, run: _Training, epoch: int, precision: str) -> None:
+    rng_states = distributed.gather_objects(capture_rng(run.generators))
+    training = {"model": run.model, "optimizer": run.optimizer}
+    training |= {"scheduler": run.scheduler, "scaler": run.scaler}
+    saver.save_rolling(training, epoch, run.history, run.best_val_auc, rng_states, precision)
+    distributed.barrier()  # no rank runs ahead of a checkpoint that is not yet on disk
 
 
 def _check_datasets(

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 # benchmarks/ sits beside the installed package: importable from the repository root only.
 sys.path.insert(0, str(REPO))
 
-from benchmarks.gpu import AIM_MINUTES, ANCHOR_MINUTES, NO_CUDA, RUN, estimate  # noqa: E402
+from benchmarks.gpu import AIM_MINUTES, ANCHOR_MINUTES, NO_CUDA, RUN, cli, estimate  # noqa: E402
 
 
 def run_gpu(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -42,10 +42,12 @@ def test_without_cuda_it_says_so_and_exits_2(tmp_path: Path) -> None:
     assert not out.exists()
 
 
-def test_cpu_needs_tiny(tmp_path: Path) -> None:
-    done = run_gpu("--device", "cpu", "--out", str(tmp_path / "gpu.json"), cwd=tmp_path)
-    assert done.returncode == 2
-    assert "--device cpu without --tiny" in done.stderr
+def test_cpu_needs_tiny(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert cli(["--device", "cpu", "--out", str(tmp_path / "gpu.json")]) == 2
+    assert "--device cpu without --tiny" in capsys.readouterr().err
+    assert cli(["--device", "mps", "--tiny", "--out", str(tmp_path / "gpu.json")]) == 2
+    assert "expected a CUDA device, or cpu with --tiny" in capsys.readouterr().err
+    assert not (tmp_path / "gpu.json").exists()
 
 
 def test_estimate_adds_train_and_validation_time() -> None:

@@ -18,8 +18,14 @@ from lensing.simulate import simulate_dataset
 
 pytestmark = pytest.mark.slow
 
-# Cell id -> PNG images it must show (the notebook's cells carry these ids).
-FIGURE_CELLS = {"samples": 1, "search-heatmap": 1, "training-history": 1, "evaluation": 2}
+# The figure cells, each known by a call in its source (the first cell that has it; cell ids
+# are renumbered when outputs are stripped), and the PNG images it must show.
+FIGURE_CELLS = {
+    "plots.plot_samples(": 1,
+    "plots.plot_search_heatmap(": 1,
+    "plots.plot_history(": 1,
+    "evaluate.evaluate_checkpoint(": 2,  # ROC curves and confusion matrix
+}
 WEIGHTS_MESSAGE = "no ImageNet weights"  # how lensing.model says it fell back to random weights
 TINY_PARAMETERS = {
     "grid": {"early": [1e-4], "middle": [1e-4], "late": [1e-4, 1e-3], "fc": [1e-3]},
@@ -73,13 +79,20 @@ def output_text(output: dict) -> str:
     return "\n".join("".join(data[kind]) for kind in kinds if kind in data)
 
 
+def code_cell(executed: dict, call: str) -> dict:
+    """The first code cell whose source holds ``call``."""
+    for cell in executed["cells"]:
+        if cell["cell_type"] == "code" and call in "".join(cell["source"]):
+            return cell
+    raise AssertionError(f"no code cell calls {call!r}")
+
+
 def check_outputs_as_seen(executed: dict) -> str:
     """Assert the executed notebook reads cleanly; return all of its output text."""
-    cells = {cell.get("id"): cell for cell in executed["cells"]}
-    for cell_id, expected in FIGURE_CELLS.items():
-        assert cell_id in cells, f"no cell with id {cell_id!r}; ids: {sorted(cells)}"
-        pngs = [o for o in cells[cell_id]["outputs"] if "image/png" in o.get("data", {})]
-        assert len(pngs) == expected, f"cell {cell_id!r} shows {len(pngs)} PNG(s), not {expected}"
+    for call, expected in FIGURE_CELLS.items():
+        outputs = code_cell(executed, call)["outputs"]
+        pngs = [o for o in outputs if "image/png" in o.get("data", {})]
+        assert len(pngs) == expected, f"the {call} cell shows {len(pngs)} PNG(s), not {expected}"
     text = "\n".join(output_text(o) for cell in executed["cells"] for o in cell.get("outputs", []))
     assert "<Figure size" not in text
     assert "0%|" not in text
@@ -96,7 +109,7 @@ def test_notebook_runs_end_to_end_and_resumes_on_a_second_run(tmp_path, monkeypa
     text = check_outputs_as_seen(first)
     # Two trials, each building a model: the fallback is still said only once.
     assert text.count(WEIGHTS_MESSAGE) == 1
-    classify = next(c for c in first["cells"] if c.get("id") == "classify")
+    classify = code_cell(first, "classify_files(best_path")
     html = "".join(o["data"].get("text/html", "") for o in classify["outputs"] if "data" in o)
     assert "<table" in html, "the classify cell shows no table"
     assert html.split("<tbody>")[1].count("<tr>") == len(CLASSES)  # one row per image given

@@ -25,14 +25,13 @@ import pytest
 import torch
 from conftest import write_set
 
+from lensing.cli import main, search_parser
 from lensing.search import (
     DEFAULT_GRID,
     Combo,
     SearchError,
-    cli,
     continue_training,
     format_table,
-    get_args_parser,
     grid_size,
     load_grid,
     redact,
@@ -193,7 +192,7 @@ def test_unreadable_grid_files(tmp_path: Path) -> None:
 def test_cli_reports_a_bad_grid(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     path = write_grid(tmp_path / "bad.json", {**ONE, "fc": []})
     argv = ["--data", str(tmp_path), "--out", str(tmp_path / "m"), "--grid", str(path)]
-    assert cli(argv) == 2
+    assert main(["search", *argv]) == 2
     err = capsys.readouterr().err
     assert f"grid file {path}" in err and "'fc' must be a non-empty list" in err
     assert not (tmp_path / "m" / "grid_search.db").exists()
@@ -222,9 +221,9 @@ def test_storage_urls_hide_passwords_and_use_psycopg3() -> None:
 
 
 def test_search_command_takes_no_progress_and_quiet() -> None:
-    args = get_args_parser().parse_args(["--no-progress", "--augment", "seed"])
+    args = search_parser().parse_args(["--no-progress", "--augment", "seed"])
     assert args.no_progress and not args.quiet and args.augment == "seed"
-    assert get_args_parser().parse_args(["--quiet"]).quiet
+    assert search_parser().parse_args(["--quiet"]).quiet
 
 
 def test_changed_grid_or_settings_for_a_study_is_refused(tmp_path: Path) -> None:

@@ -97,9 +97,9 @@ def test_manifest_records_preset_seed_counts_and_versions(tiny_set):
 
 
 def test_lensing_dataset_loads_every_file(tiny_set):
-    from lensing.data import LensingDataset, data_kind
+    from lensing.data import LensingDataset, provenance
 
-    assert data_kind(tiny_set) == "simulated"
+    assert provenance(tiny_set) == "simulated"
     for split, n in TINY.items():
         dataset = LensingDataset(tiny_set, split, progress=False)
         assert dataset.skipped == []

@@ -23,12 +23,10 @@ anything that stops the process:
 The modules: ``grid`` (the grid file and :class:`Combo`), ``storage`` (the database),
 ``queueing`` (opening a study, its queue), ``study`` (reading it: :func:`results_table`),
 ``recovery`` (dead workers, corrupt checkpoints), ``worker`` (the objective and the loop),
-``publish`` (the best model, :func:`continue_training`), ``runner`` (:func:`run_search`),
-``command`` (``python -m lensing search``).
+``publish`` (the best model, :func:`continue_training`), ``runner`` (:func:`run_search`).
+``python -m lensing search`` is parsed in ``lensing.cli``.
 """
 
-from lensing.config import PRUNE_MODES
-from lensing.search.command import cli, get_args_parser
 from lensing.search.grid import (
     DEFAULT_GRID,
     Combo,
@@ -61,8 +59,6 @@ from lensing.search.study import (
 )
 from lensing.search.worker import Objective, Worker
 
-PRUNE_CHOICES = PRUNE_MODES  # the old name of lensing.config.PRUNE_MODES
-
 
 def _combos(grid: dict[str, list[float]]) -> list[Combo]:
     """Deprecated name of :func:`grid_combos`, kept while tests/test_postgres.py uses it."""
@@ -76,19 +72,16 @@ __all__ = [
     "GRACE_PERIOD_S",
     "HEARTBEAT_INTERVAL_S",
     "MAX_RETRY",
-    "PRUNE_CHOICES",
     "STATES",
     "Combo",
     "Objective",
     "SearchError",
     "Worker",
     "check_study",
-    "cli",
     "continue_training",
     "default_storage",
     "fail_dead_trials",
     "format_table",
-    "get_args_parser",
     "grid_combos",
     "grid_size",
     "load_grid",
