@@ -33,6 +33,7 @@ from lensing.config import (
     SPLITS,
 )
 from lensing.preprocess import STRETCHES
+from lensing.recipes import RECIPES, recipe_fields
 from lensing.train_config import TrainConfig
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -51,20 +52,24 @@ def config_default(name: str) -> Any:
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
-def add_training_options(parser: argparse.ArgumentParser, *, defaults: bool = True) -> None:
+def add_training_options(parser: argparse.ArgumentParser) -> None:
     """The options of one training run: data, batch, weights, precision, recipe, seed.
 
-    defaults: False leaves every option None unless given (the search stores only what a user
-    set, so that TrainConfig's defaults apply to the rest), except ``--data``.
+    Every option is None unless given; ``training_fields`` then starts from the recipe and
+    TrainConfig's defaults (shown in the help) fill in the rest.
     """
 
-    def add(flag: str, field: str | None, help: str, **kind: Any) -> None:
-        value = config_default(field) if field and defaults else None
-        shown = " (%(default)s)" if value is not None else " (TrainConfig default)"
-        parser.add_argument(flag, default=value, help=help + shown, **kind)
+    def add(flag: str, field: str, help: str, **kind: Any) -> None:
+        shown = str(config_default(field)).replace("%", "%%")
+        parser.add_argument(flag, help=f"{help} ({shown})", **kind)
 
+    add("--data", "data_dir", "data folder")
     parser.add_argument(
-        "--data", default=config_default("data_dir"), help="data folder (%(default)s)"
+        "--recipe",
+        default="default",
+        choices=sorted(RECIPES),
+        help="named set of the options "
+        "below; seed-notebook: flip-affine augmentation and plateau schedule (%(default)s)",
     )
     add("--batch-size", "batch_size", "images per step and process", type=int)
     add("--weight-decay", "weight_decay", "Adam L2 penalty", type=float)
@@ -95,23 +100,32 @@ def add_training_options(parser: argparse.ArgumentParser, *, defaults: bool = Tr
     )
 
 
+TRAINING_FLAGS = {
+    "data": "data_dir",
+    "batch_size": "batch_size",
+    "weight_decay": "weight_decay",
+    "pretrained": "pretrained",
+    "precision": "precision",
+    "seed": "seed",
+    "augment": "augment",
+    "stretch": "stretch",
+    "schedule": "schedule",
+    "early_stopping": "early_stopping",
+    "device": "device",
+    "num_workers": "num_workers",
+}
+
+
 def training_fields(args: argparse.Namespace) -> dict[str, Any]:
-    """The TrainConfig fields ``add_training_options`` set, from parsed arguments (None where
-    an option was left unset without a default)."""
-    return {
-        "data_dir": args.data,
-        "batch_size": args.batch_size,
-        "weight_decay": args.weight_decay,
-        "pretrained": args.pretrained,
-        "precision": args.precision,
-        "seed": args.seed,
-        "augment": args.augment,
-        "stretch": args.stretch,
-        "schedule": args.schedule,
-        "early_stopping": args.early_stopping,
-        "device": args.device,
-        "num_workers": args.num_workers,
-    }
+    """The TrainConfig fields of parsed arguments: the recipe's, then every option given."""
+    fields = recipe_fields(args.recipe)
+    for flag, field in TRAINING_FLAGS.items():
+        if getattr(args, flag) is not None:
+            fields[field] = getattr(args, flag)
+    for group in LAYER_GROUPS:
+        if getattr(args, f"lr_{group}", None) is not None:
+            fields[f"lr_{group}"] = getattr(args, f"lr_{group}")
+    return fields
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -129,8 +143,7 @@ def train_parser() -> argparse.ArgumentParser:
         parser.add_argument(
             f"--lr-{group}",
             type=float,
-            default=config_default(f"lr_{group}"),
-            help=f"Adam learning rate of the {group} layers (%(default)s)",
+            help=f"Adam learning rate of the {group} layers ({config_default(f'lr_{group}')})",
         )
     parser.add_argument(
         "--resume", action="store_true", help="continue from <out>/checkpoint.pth if present"
@@ -144,11 +157,7 @@ def run_train(args: argparse.Namespace) -> int:
     from lensing.train import fit
 
     config = TrainConfig(
-        **training_fields(args),
-        out_dir=args.out,
-        epochs=args.epochs,
-        resume=args.resume,
-        **{f"lr_{group}": getattr(args, f"lr_{group}") for group in LAYER_GROUPS},
+        **training_fields(args), out_dir=args.out, epochs=args.epochs, resume=args.resume
     )
     with distributed.process_group(config.device) as world:
         result = fit(config, progress=not args.no_progress)
@@ -246,7 +255,7 @@ def search_parser() -> argparse.ArgumentParser:
         description="Resumable grid search over the per-group learning rates. Re-run the same "
         "command to resume; start it on several machines with one --storage to share the grid.",
     )
-    add_training_options(parser, defaults=False)
+    add_training_options(parser)
     add = parser.add_argument
     add("--out", type=Path, default=MODELS_DIR, help="models folder (%(default)s)")
     add("--epochs", type=int, default=DEFAULT_EPOCHS, help="per combination (%(default)s)")
@@ -275,8 +284,9 @@ def run_search_command(args: argparse.Namespace) -> int:
     from lensing.search import format_table, run_search
     from lensing.search.storage import STORAGE_ERRORS, redact
 
-    fields = {k: v for k, v in training_fields(args).items() if v is not None}
-    data_dir = fields.pop("data_dir")
+    # The grid sets the learning rates; a recipe's own rates do not apply to a search.
+    fields = {k: v for k, v in training_fields(args).items() if not k.startswith("lr_")}
+    data_dir = fields.pop("data_dir", None) or config_default("data_dir")
     # The command as typed, password hidden, is what the Ctrl-C message says to run again.
     command = redact("python -m lensing search " + shlex.join(args.argv))
     try:

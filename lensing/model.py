@@ -116,16 +116,16 @@ def _imagenet_state_dict() -> dict[str, torch.Tensor] | None:
                 weights.url, str(cached), digest.group(1) if digest else None, progress=False
             )
         except (OSError, RuntimeError, ValueError) as error:
-            _report_missing_weights(f"the download from {weights.url} failed ({error})", cached)
+            _report_missing_weights(f"download from {weights.url} failed: {error}", cached)
             return None
         finally:
             socket.setdefaulttimeout(previous_timeout)
-        print(f"Downloaded the ImageNet ResNet18 weights to {cached}", file=sys.stderr)
+        print(f"Downloaded the ImageNet ResNet18 weights to {cached}")
     try:
         return torch.load(cached, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a truncated or foreign file
         if _imagenet_failure is None:
-            _report_missing_weights(f"the cached file cannot be read ({error})", cached)
+            _report_missing_weights(f"the cached file cannot be read: {error}", cached)
         return None
 
 
@@ -134,9 +134,9 @@ def _report_missing_weights(reason: str, cached: Path) -> None:
     global _imagenet_failure
     _imagenet_failure = reason
     print(
-        f"WARNING: no ImageNet weights for ResNet18: {reason}. Models start from RANDOM "
+        f"WARNING: no ImageNet weights for ResNet18 ({reason}), so models start from RANDOM "
         "weights and results are labelled pretrained=False. To fix: run once with network "
-        f"access, or copy {cached.name} to {cached}, or pass --pretrained PATH "
+        f"access, or copy {cached.name} into {cached.parent}, or pass --pretrained PATH "
         "(pretrained = PATH in the notebook).",
         file=sys.stderr,
         flush=True,

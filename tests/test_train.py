@@ -351,6 +351,23 @@ def test_cli_writes_its_config_and_reports_bad_values(tmp_path, data_root, capsy
         cli([*common, "--precision", "fp64"])
 
 
+def test_a_named_recipe_sets_its_options_and_an_explicit_option_wins(tmp_path, data_root):
+    out = tmp_path / "out"
+    common = ["--data", str(data_root), "--out", str(out), "--pretrained", "none", "--epochs", "0"]
+    assert cli([*common, "--recipe", "seed-notebook", "--device", "cpu"]) == 0
+    saved = json.loads((out / CONFIG_JSON).read_text())
+    assert (saved["augment"], saved["schedule"], saved["stretch"]) == (
+        "flip-affine",
+        "plateau",
+        "none",
+    )
+    assert (saved["lr_early"], saved["lr_middle"]) == (1e-4, 3e-4)
+    argv = [*common, "--recipe", "seed-notebook", "--schedule", "onecycle", "--lr-early", "0.002"]
+    assert cli(argv) == 0
+    saved = json.loads((out / CONFIG_JSON).read_text())
+    assert (saved["schedule"], saved["lr_early"]) == ("onecycle", 0.002)
+
+
 @pytest.mark.slow
 def test_one_cycle_resumes_exactly_and_starts_a_new_cycle_for_more_epochs(
     tmp_path, data_root, datasets
