@@ -362,10 +362,10 @@ def test_a_named_recipe_sets_its_options_and_an_explicit_option_wins(tmp_path, d
         "none",
     )
     assert (saved["lr_early"], saved["lr_middle"]) == (1e-4, 3e-4)
-    argv = [*common, "--recipe", "seed-notebook", "--schedule", "onecycle", "--lr-early", "0.002"]
+    argv = [*common, "--recipe", "seed-notebook", "--augment", "d4", "--lr-early", "0.002"]
     assert cli(argv) == 0
     saved = json.loads((out / CONFIG_JSON).read_text())
-    assert (saved["schedule"], saved["lr_early"]) == ("onecycle", 0.002)
+    assert (saved["augment"], saved["lr_early"]) == ("d4", 0.002)
 
 
 @pytest.mark.slow
