@@ -36,18 +36,20 @@ ATOL = 1e-5
 def tiny_checkpoint(path: Path, stretch: str = "none", **extra) -> Path:
     """A ResNet18 with fixed random weights whose outputs differ clearly between images.
 
-    A fresh network in eval mode gives nearly the same probabilities for every input; running
-    a few batches in train mode sets the batch-norm statistics, and a larger final layer
-    spreads the probabilities, so equality tests compare numbers that depend on the image.
+    A fresh network in eval mode gives nearly the same probabilities for every input; one
+    batch in train mode (cumulative batch-norm averages) sets the normalization statistics,
+    and a larger final layer spreads the probabilities, so equality tests compare numbers that
+    depend on the image.
     """
     torch.manual_seed(0)
     model = build_model("none")
-    rng = np.random.default_rng(0)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None  # the running statistics become those of the batch
     model.train()
     with torch.no_grad():
-        for _ in range(3):
-            model(torch.from_numpy(rng.random((8, 1, N, N), dtype=np.float32)))
-        model.fc.weight.mul_(30)
+        model(torch.from_numpy(np.random.default_rng(0).random((4, 1, N, N), dtype=np.float32)))
+        model.fc.weight.mul_(10)
     state = {"model": model.state_dict(), "classes": list(CLASSES), "config": {"stretch": stretch}}
     return atomic_torch_save(state | extra, path)
 
@@ -100,20 +102,20 @@ def test_every_layout_gives_the_probabilities_of_its_float_image(tmp_path, check
     assert not set(CALIBRATED_COLUMNS) & set(frame.columns)  # no temperature, no pc_ columns
 
 
-@pytest.mark.parametrize("tta", [False, True])
+@pytest.mark.parametrize("tta", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_predict_equals_evaluate_on_a_split(tmp_path, tta):
     # A log stretch: predictions that skipped the checkpoint's preprocessing would differ.
     checkpoint = tiny_checkpoint(tmp_path / "model.pth", stretch="log")
-    root = write_set(tmp_path / "set", {"train": 1, "val": 3})
+    root = write_set(tmp_path / "set", {"train": 1, "val": 1 if tta else 2})
     model, state = load_trained_model(checkpoint)
     dataset = LensingDataset(root, "val", cache=False, progress=False)
     expected, _ = predict(
         model, dataset, device="cpu", precision="fp32", tta=tta, stretch=stretch_of(state)
     )
-    frame = classify(checkpoint, root / "val", tta=tta, batch_size=4)
+    frame = classify(checkpoint, root / "val", tta=tta, batch_size=2)
     assert [Path(p) for p in frame["path"]] == dataset.files
     assert_allclose(frame[list(PROB_COLUMNS)].to_numpy(), expected, atol=ATOL)
-    assert np.ptp(expected[:, 0]) > 0.01  # the probabilities really depend on the image
+    assert np.ptp(expected, axis=0).max() > 0.1  # the probabilities really depend on the image
     assert list(frame["predicted"]) == [CLASSES[i] for i in expected.argmax(axis=1)]
 
 
