@@ -8,11 +8,12 @@ INPUTs are image files (``.npy``, ``.fits``, ``.fit``, ``.fits.gz``) and folders
 recursively (:func:`lensing.images.find_images`). Every file gets a row: ``path``,
 ``predicted`` (a class name), ``p_no``, ``p_sphere``, ``p_vort`` (summing to 1), then
 ``pc_no``, ``pc_sphere``, ``pc_vort`` when the checkpoint holds a fitted ``temperature``
-(softmax(log p / T)), then ``error`` (why the file could not be classified; empty when it was)
-and ``notes`` (what was done to its pixels: filled, resampled; usually empty). A file that
-cannot be classified never stops the run. Images are read and classified a batch at a time,
-so memory follows ``--batch-size``, not the number of files. The checkpoint's input stretch
-is applied, so a file's probabilities are those ``evaluate`` computes for the same image.
+(softmax(log p / T), T applied as stored, whether it was fitted with TTA or without), then
+``error`` (why the file could not be classified; empty when it was) and ``notes`` (what was
+done to its pixels: filled, resampled; usually empty). A file that cannot be classified never
+stops the run. Images are read and classified a batch at a time, so memory follows
+``--batch-size``, not the number of files. The checkpoint's input stretch is applied, so a
+file's probabilities are those ``evaluate`` computes for the same image at the same precision.
 
 Exit codes: 0 every input got its row (refused files included); 1 the checkpoint could not be
 used, no image file was found, or the CSV could not be written; 2 a bad option.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -89,7 +91,9 @@ def classify_files(
     model, state = load_trained_model(checkpoint)
     model.to(torch_device).eval()
     temperature = checkpoint_temperature(state)
-    files, problems = find_images(inputs if isinstance(inputs, str | Path) else list(inputs))
+    files, problems = find_images(
+        inputs if isinstance(inputs, str | os.PathLike) else list(inputs)
+    )
     read_options = {"hdu": hdu, "fill_nonfinite": fill_nonfinite, "resize": resize}
     chunks = range(0, len(files), batch_size)
     shown = bar(
@@ -206,7 +210,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--tta", action="store_true", help="average over the 8 rotations and flips")
     add("--batch-size", type=_batch_size, default=64, help="images at once (%(default)s)")
     add("--device", default="auto", help="auto, cpu, cuda[:N] or mps (%(default)s)")
-    add("--precision", default="auto", choices=PRECISIONS, help="(%(default)s)")
+    add(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="auto: bf16 on CPUs with native bf16 and on GPUs, else fp32 (%(default)s)",
+    )
     add("--hdu", type=_hdu, help="FITS HDU index or EXTNAME (default: first with an image)")
     add("--resize", action="store_true", help="resample images that are not 150x150")
     add(

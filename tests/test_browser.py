@@ -119,8 +119,12 @@ def image_widths(cell) -> list[int]:
 
 
 def screenshot_results(page, path: Path) -> Path:
-    """Screenshot of the results section, from the evaluation cell to the classify cell."""
-    first = code_cell(page, RESULTS_FIRST).bounding_box()
+    """Screenshot of the results section: from the heading above the evaluation cell to the
+    classify cell."""
+    heading = code_cell(page, RESULTS_FIRST).locator(
+        "xpath=preceding-sibling::div[contains(@class, 'jp-Cell')][1]"
+    )
+    first = heading.bounding_box()
     last = code_cell(page, RESULTS_LAST).bounding_box()
     if first is None or last is None:
         raise ValueError(f"the page has no {RESULTS_FIRST!r} or {RESULTS_LAST!r} cell to show")

@@ -285,7 +285,7 @@ def test_evaluate_checkpoint_writes_metrics_and_figures(small_set, tiny_model, t
         "tta",
     ):
         assert key in saved, key
-    assert saved["data"] == "real"  # the fixture set has no simulator manifest
+    assert saved["data"] == "external"  # the fixture set has no simulator manifest
     assert saved["pretrained"] is False
     assert saved["split"] == "test"
     assert saved["n_images"] == 6

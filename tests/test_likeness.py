@@ -1,23 +1,37 @@
-"""The likeness check: its statistics, the integer-count scale, the table, the CLI's --check."""
+"""The default preset's look (integer counts, dark centre, ring along x, equal class means),
+the likeness check that measures it, and the separability benchmark."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from numpy.testing import assert_allclose
 
 from lensing.config import CLASSES
-from lensing.simulate import likeness, likeness_table, simulate_dataset
-from lensing.simulate.likeness import REAL, count_scale, within
+from lensing.simulate import (
+    PRESETS,
+    cli,
+    draw_parameters,
+    get_preset,
+    likeness,
+    likeness_table,
+    render,
+    simulate_dataset,
+    simulate_image,
+)
+from lensing.simulate.likeness import REAL, class_mean_tolerance, count_scale, within
 
+TEST_I = PRESETS["test-i"]
 KEYS = set(REAL) | {"data", "n_images", "mean_spread", "std_spread", "class_means"}
 
 
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("likeness")
-    counts = {"train": 3, "val": 1, "test": 0}
+    counts = {"train": 3, "val": 1, "test": 1}
     for preset in ("test-i", "legacy"):
         simulate_dataset(root / preset, counts, seed=3, workers=1, progress=False, preset=preset)
     return {name: root / name for name in ("test-i", "legacy")}
@@ -68,3 +82,104 @@ def test_table_marks_rows_in_and_out_of_the_real_range(sets):
     row = next(line for line in table.splitlines() if line.startswith("| centre"))
     assert row.endswith("| NO |")
     assert "class means: no" in table
+
+
+def test_class_means_are_judged_against_sampling_noise():
+    report = {"n_images": 300, "mean_spread": 0.009, "class_means": dict.fromkeys(CLASSES, 0.06)}
+    assert class_mean_tolerance(report) == pytest.approx(3 * 2**0.5 * 0.009 / 10)
+    many = {**report, "n_images": 30_000}  # so many images that noise explains nothing
+    assert class_mean_tolerance(many) == REAL["class_mean_spread"][2]
+
+
+def test_test_i_images_are_min_max_normalized_integer_counts(sets):
+    for path in sorted(sets["test-i"].glob("*/*/*.npy")):
+        image = np.load(path)
+        assert image.min() == 0.0 and image.max() == 1.0
+        k = 1.0 / np.diff(np.unique(image)).min()  # one count, normalized
+        assert 700 < k < 900  # a peak of ~770 counts over a sky of ~10
+        assert_allclose(image * round(k), np.round(image * round(k)), atol=1e-9)
+
+
+def test_test_i_has_no_lens_light_and_a_dark_centre():
+    params = draw_parameters("no", np.random.default_rng(2), TEST_I)
+    assert params["lens_light"] == []
+    image = render(params, None, TEST_I)  # expected counts, no noise
+    yy, xx = np.indices(image.shape) - 74.5
+    radius = np.hypot(yy, xx)
+    centre, ring = image[radius < 3].mean(), image[(radius > 20) & (radius < 30)].max()
+    assert TEST_I.sky_counts < centre < TEST_I.sky_counts + 0.1 * (ring - TEST_I.sky_counts)
+    assert_allclose(ring, TEST_I.sky_counts + params["peak_counts"], rtol=1e-9)
+
+
+def test_test_i_ring_is_elongated_along_x():
+    from lensing.simulate.likeness import image_statistics
+
+    images = [simulate_image("no", np.random.default_rng(s), TEST_I)[0] for s in range(6)]
+    stats = image_statistics(np.stack(images), np.zeros(6, dtype=int))
+    assert stats["ring_x"] >= stats["ring_y"] + 3
+    # Six images: an arc or two pull the centroid of the light a few pixels off the axis.
+    assert 21 <= stats["ring_radius"] <= 27 and stats["ring_offset"] < 4
+
+
+def test_test_i_class_means_are_equal():
+    # One seed per smooth lens, shared by the three classes: only the substructure differs.
+    means = {
+        name: np.mean([simulate_image(name, np.random.default_rng(s)).mean() for s in range(12)])
+        for name in CLASSES
+    }
+    assert max(means.values()) - min(means.values()) < 0.002
+    assert all(0.04 < m < 0.09 for m in means.values())
+
+
+def test_separability_benchmark_sees_a_trivial_signal_and_runs_on_simulated_data(
+    sets, tmp_path, capsys, monkeypatch
+):
+    # benchmarks/ is a top-level folder beside the package, importable from the repository root.
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))
+    from benchmarks.separability import main, measure_separability
+
+    # Classes that differ in mean brightness: pixel statistics must tell them apart.
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 30), ("val", 10)):
+        for k, name in enumerate(CLASSES):
+            for i in range(1, n + 1):
+                image = np.clip(rng.normal(0.3 + 0.2 * k, 0.1, (1, 150, 150)), 0, 1)
+                (tmp_path / "easy" / split / name).mkdir(parents=True, exist_ok=True)
+                np.save(tmp_path / "easy" / split / name / f"{i}.npy", image)
+    easy = measure_separability(tmp_path / "easy")
+    assert easy["n_train"] == 90
+    assert easy["results"]["pixel-stats"]["val"]["auc_macro"] > 0.95
+    assert set(easy["results"]) == {"pixel-stats", "pca-20"}
+
+    report = measure_separability(sets["test-i"])  # 3 per class: PCA falls back to 8 components
+    assert set(report["results"]["pixel-stats"]) == {"val", "test"}
+    for scores in report["results"]["pixel-stats"].values():
+        assert set(scores["auc_per_class"]) == set(CLASSES)
+    assert main(["--data", str(sets["test-i"]), "--json", str(tmp_path / "report.json")]) == 0
+    assert "| pixel-stats | val |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "report.json").read_text())["n_train"] == 9
+
+
+def test_test_i_substructure_strength_is_one_knob():
+    def change(mass: float, name: str) -> float:
+        preset = get_preset("test-i", substructure_mass=mass)
+        smooth = render(draw_parameters("no", np.random.default_rng(4), preset), None, preset)
+        other = render(draw_parameters(name, np.random.default_rng(4), preset), None, preset)
+        return float(np.abs(other - smooth).max())
+
+    for name in ("sphere", "vort"):
+        assert change(0.0, name) == 0.0
+        assert 0 < change(1e9, name) < change(1e10, name)
+    params = draw_parameters("sphere", np.random.default_rng(4), TEST_I)
+    assert params["lens_models"].count("POINT_MASS") == TEST_I.n_subhalos
+    low = TEST_I.subhalo_mass_min_fraction * TEST_I.substructure_mass
+    assert ((params["masses"] >= low) & (params["masses"] <= TEST_I.substructure_mass)).all()
+    vortex = draw_parameters("vort", np.random.default_rng(4), TEST_I)
+    assert vortex["lens_models"].count("POINT_MASS") == TEST_I.vortex_points
+
+
+def test_cli_check_prints_the_likeness_table(sets, capsys):
+    assert cli(["--check", str(sets["test-i"]), "--check-n", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "| per-image mean (median) |" in out and "real Test I" in out
+    assert "6 train images" in out

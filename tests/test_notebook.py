@@ -110,7 +110,9 @@ def test_notebook_runs_end_to_end_and_resumes_on_a_second_run(tmp_path, monkeypa
     # Two trials, each building a model: the fallback is still said only once.
     assert text.count(WEIGHTS_MESSAGE) == 1
     classify = code_cell(first, "classify_files(best_path")
-    html = "".join(o["data"].get("text/html", "") for o in classify["outputs"] if "data" in o)
+    html = "".join(
+        "".join(o["data"].get("text/html", "")) for o in classify["outputs"] if "data" in o
+    )
     assert "<table" in html, "the classify cell shows no table"
     assert html.split("<tbody>")[1].count("<tr>") == len(CLASSES)  # one row per image given
 

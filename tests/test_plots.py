@@ -35,7 +35,7 @@ def test_plot_samples(small_set, tmp_path) -> None:
     fig = plot_samples(dataset, path, per_class=3, seed=1)
     assert isinstance(fig, Figure)
     assert_png(path)
-    assert "real data" in fig._suptitle.get_text()
+    assert f"({dataset.kind} data)" in fig._suptitle.get_text()  # the data's provenance
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert len(titles) == 9 and all(t.split()[0] in ("no", "sphere", "vort") for t in titles)
 
@@ -116,3 +116,34 @@ def test_plot_search_heatmap_uses_the_two_most_varied_groups(tmp_path) -> None:
         plot_search_heatmap(table.drop(columns="lr_fc"), tmp_path / "bad.png")
     with pytest.raises(ValueError, match="no trial"):
         plot_search_heatmap(table.iloc[-1:], tmp_path / "bad.png")
+
+
+def test_show_displays_a_figure_or_a_png_file_as_png_bytes(tmp_path, monkeypatch) -> None:
+    import IPython.display
+
+    from lensing.display import show
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", shown.append)
+    history = [{"epoch": 1, "train_loss": 1.0, "val_loss": 1.1, "val_auc": 0.6}]
+    fig = plot_history(history, tmp_path / "history.png")
+    assert show(fig) is None  # a cell ending in show() prints no repr after the image
+    show(tmp_path / "history.png")
+    assert [type(obj) for obj in shown] == [IPython.display.Image] * 2
+    rendered, read = (obj.data for obj in shown)
+    assert rendered.startswith(PNG_MAGIC) and read == (tmp_path / "history.png").read_bytes()
+    # The in-memory rendering is the saved one: same renderer, same resolution.
+    assert len(rendered) == pytest.approx(len(read), rel=0.05)
+    assert "image/png" in shown[0]._repr_mimebundle_()[0]
+
+
+def test_show_says_what_it_got_when_it_cannot_show_it(tmp_path) -> None:
+    from lensing.display import png_bytes
+
+    with pytest.raises(FileNotFoundError, match="no figure at"):
+        png_bytes(tmp_path / "missing.png")
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(ValueError, match="is not a PNG file"):
+        png_bytes(tmp_path / "notes.png")
+    with pytest.raises(TypeError, match="got list"):
+        png_bytes([1, 2])

@@ -154,9 +154,9 @@ def three_workers(pg, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     tmp = tmp_path_factory.mktemp("three")
     out, study_name = tmp / "models", "three"
     out.mkdir()
-    command = worker_command(data_dir, out, FOUR, 3, pg.url, study_name)
+    command = worker_command(data_dir, out, FOUR, 2, pg.url, study_name)
     procs = {tmp / f"worker{i}": start(command, tmp / f"worker{i}") for i in range(3)}
-    key = wait_for_epoch(out, study_name, procs, {1, 2})
+    key = wait_for_epoch(out, study_name, procs, {1})
     study = optuna.load_study(study_name=study_name, storage=pg.url)
     (running,) = [
         t for t in study.get_trials(states=(TrialState.RUNNING,)) if t.user_attrs.get("key") == key
@@ -194,14 +194,14 @@ def test_three_workers_complete_every_combination_once(pg, three_workers: dict) 
 def test_killed_combination_resumed_from_its_checkpoint(pg, three_workers: dict) -> None:
     study = optuna.load_study(study_name=three_workers["study"], storage=pg.url)
     key, killed_epoch = three_workers["key"], three_workers["killed_epoch"]
-    assert 1 <= killed_epoch < 3
+    assert killed_epoch == 1  # killed between its two epochs
     (retry,) = [
         t for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.user_attrs["key"] == key
     ]
     assert retry.number != three_workers["killed_trial"]
     assert retry.user_attrs["start_epoch"] == killed_epoch
     epoch, history = read_epoch(checkpoints(three_workers["out"], three_workers["study"])[key])
-    assert epoch == 3 and len(history) == 3
+    assert epoch == 2 and len(history) == 2
     # The epochs trained before the kill are kept as they were, not trained again.
     before = [h["train_loss"] for h in three_workers["killed_history"]]
     assert [h["train_loss"] for h in history[:killed_epoch]] == before
@@ -239,17 +239,13 @@ def test_server_restart_loses_no_combination(pg, server_restart: dict) -> None:
     assert sorted(complete_keys(study)) == sorted(all_keys(THREE))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lensing.search: a server restart kills the heartbeat thread with a raw "
-    "traceback (or the trial's next write ends the worker with one): the pooled connections "
-    "are dead and RDBStorage only pre-pings them on MySQL",
-)
 def test_server_restart_worker_goes_on_or_exits_clearly(server_restart: dict) -> None:
     code, text = server_restart["first"]
     assert "Traceback" not in text, text  # a dead heartbeat thread prints one and carries on
-    if code != 0:
-        assert "error:" in text, text
+    if code == 0:
+        assert "the search is complete" in text, text
+    else:
+        assert "error:" in text and "re-run" in text, text
 
 
 # --- the password ------------------------------------------------------------------------------
@@ -302,13 +298,8 @@ def test_bad_url_never_prints_the_password(pg, bad_url_runs: dict, case: str) ->
     assert not list(Path(done.args[done.args.index("--out") + 1]).parent.rglob("*.json"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lensing.search.cli catches SearchError/ValueError/FileNotFoundError only: an "
-    "unreachable server ends it with sqlalchemy's OperationalError traceback (rc 1)",
-)
 def test_unreachable_server_is_a_clear_error(bad_url_runs: dict) -> None:
     done = bad_url_runs["closed port"]
-    assert done.returncode == 2, done.stderr
+    assert done.returncode != 0, done.stderr
     assert "Traceback" not in done.stderr
     assert done.stderr.startswith("error:") and "127.0.0.1" in done.stderr
