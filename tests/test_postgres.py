@@ -122,10 +122,10 @@ def complete_keys(study: optuna.Study) -> list[str]:
 
 
 def all_keys(grid: dict) -> set[str]:
-    from lensing.search import _combos, trial_key
+    from lensing.search import grid_combos, trial_key
 
     groups = ("early", "middle", "late", "fc")
-    return {trial_key(dict(zip(groups, combo, strict=True))) for combo in _combos(grid)}
+    return {trial_key(dict(zip(groups, combo, strict=True))) for combo in grid_combos(grid)}
 
 
 # --- the driver --------------------------------------------------------------------------------

@@ -60,11 +60,6 @@ from lensing.search.study import (
 from lensing.search.worker import Objective, Worker
 
 
-def _combos(grid: dict[str, list[float]]) -> list[Combo]:
-    """Deprecated name of :func:`grid_combos`, kept while tests/test_postgres.py uses it."""
-    return grid_combos(grid)
-
-
 __all__ = [
     "DEFAULT_EPOCHS",
     "DEFAULT_GRID",
