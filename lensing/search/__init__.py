@@ -59,7 +59,6 @@ from lensing.search.study import (
 )
 from lensing.search.worker import Objective, Worker
 
-
 __all__ = [
     "DEFAULT_EPOCHS",
     "DEFAULT_GRID",
