@@ -121,14 +121,6 @@ def apply_temperature(logits: Any, temperature: float) -> np.ndarray:
     return softmax(logits / float(temperature), axis=1)
 
 
-def temperature_nll(logits: Any, labels: Any, temperature: float) -> float:
-    """Mean negative log-likelihood (nats per item) of ``labels`` under
-    softmax(logits / temperature). logits (N, C), labels (N,), temperature > 0."""
-    logits, labels = _check_logits(logits, labels)
-    _check_temperature(temperature)
-    return _nll(logits, labels, float(temperature))
-
-
 def fit_temperature(
     logits: Any, labels: Any, bounds: tuple[float, float] = TEMPERATURE_BOUNDS
 ) -> float:

@@ -13,7 +13,6 @@ REAL_DATA_DIR = DATA_DIR / "dataset"  # reserved for the real download (download
 SIMULATED_DATA_DIR = DATA_DIR / "simulated"  # default home of simulated sets
 MODELS_DIR = PROJECT_ROOT / "models"
 REPORTS_DIR = PROJECT_ROOT / "reports"
-FIGURES_DIR = REPORTS_DIR / "figures"
 NOTEBOOK = PROJECT_ROOT / "notebooks" / "classification_notebook.ipynb"
 
 CLASSES = ("no", "sphere", "vort")  # folder names, in label order

@@ -47,7 +47,6 @@ CACHE_DIR = ".cache"
 # Bump when the cache's content changes, so old caches are ignored. 2: images min-max
 # normalized on read (version 1 held them as the files did).
 CACHE_VERSION = 2
-PROVENANCES = ("simulated", "deeplense-test-i", "external")
 ITEM_SHAPE = (1, IMAGE_SIZE, IMAGE_SIZE)  # one image as the dataset gives it
 
 # The name callers outside this module still catch; ImageError is the reader's own.
