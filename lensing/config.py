@@ -28,6 +28,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 where native, fp16 o
 AUGMENTATIONS = ("flip-affine", "d4", "none")
 # Older names still accepted, so checkpoints and studies written with them resume.
 AUGMENTATION_ALIASES = {"seed": "flip-affine"}
+STRETCHES = ("none", "log", "arcsinh")  # input stretch before the network (lensing.preprocess)
 SCHEDULES = ("plateau", "onecycle")  # ReduceLROnPlateau per epoch, or one-cycle per step
 PRUNE_MODES = ("none", "median", "halving")  # how the search stops weak combinations early
 

@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-STRETCHES = ("none", "log", "arcsinh")
+from lensing.config import STRETCHES
+
 STRETCH_SCALE = 100.0  # a: how strongly faint values are lifted (1 count in 100 ~ a tenth)
 
 

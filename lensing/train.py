@@ -170,7 +170,8 @@ def fit(
                 entry, config.epochs, elapsed / epochs_trained * (config.epochs - epoch - 1)
             )
         )
-        if on_epoch_end is not None and distributed.stopped_by(on_epoch_end, epoch + 1, entry):
+        # Every rank takes part, so a callback given on rank 0 only (a search) stays in step.
+        if distributed.stopped_by(on_epoch_end or _no_callback, epoch + 1, entry):
             break
     return {
         "history": run.history,
@@ -181,6 +182,10 @@ def fit(
         "best_checkpoint": str(saver.best_path),
         "pretrained": run.pretrained,
     }
+
+
+def _no_callback(epoch: int, entry: dict[str, Any]) -> None:
+    return None
 
 
 def _save_rolling(saver: Checkpointer, run: _Training, epoch: int, precision: str) -> None:

@@ -18,10 +18,10 @@ from lensing.config import (
     MODELS_DIR,
     PRECISIONS,
     SCHEDULES,
+    STRETCHES,
     canonical_augmentation,
     default_data_dir,
 )
-from lensing.preprocess import STRETCHES
 
 
 @dataclass

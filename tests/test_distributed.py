@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -294,3 +295,42 @@ def test_torchrun_resume_from_a_corrupt_checkpoint_fails_on_every_rank(ddp_data,
     for rank in (0, 1):
         assert f"error: rank {rank}: cannot read checkpoint {out / CHECKPOINT}" in done.stderr
     assert sorted(p.name for p in out.iterdir()) == [CHECKPOINT]
+
+
+@pytest.mark.slow
+def test_a_torchrun_search_worker_trains_each_combination_on_every_rank(ddp_data, tmp_path):
+    grid = tmp_path / "grid.json"
+    grid.write_text(
+        json.dumps({"early": [1e-3, 3e-4], "middle": [1e-3], "late": [1e-3], "fc": [1e-3]})
+    )
+    out = tmp_path / "models"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master-addr=127.0.0.1",
+        f"--master-port={free_port()}",
+        "-m",
+        "lensing",
+        "search",
+        *("--data", str(ddp_data), "--out", str(out), "--epochs", "1", "--grid", str(grid)),
+        *("--batch-size", "4", "--pretrained", "none", "--precision", "fp32", "--device", "cpu"),
+    ]
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    done = subprocess.run(
+        command,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": path},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, f"torchrun search failed:\n{done.stdout}\n{done.stderr}"
+    rolling = sorted((out / "trials").glob("*/*/" + CHECKPOINT))
+    assert len(rolling) == 2
+    for path in rolling:
+        state = load_checkpoint(path)
+        assert state["world_size"] == 2 and state["epoch"] == 1
+    assert json.loads((out / "best_params.json").read_text())["val_auc"] >= 0

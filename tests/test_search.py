@@ -25,7 +25,8 @@ import pytest
 import torch
 from conftest import write_set
 
-from lensing.cli import main, search_parser
+from lensing.cli import main
+from lensing.commands import search_parser
 from lensing.search import (
     DEFAULT_GRID,
     Combo,

@@ -30,6 +30,7 @@ from lensing.data import load_splits
 from lensing.search.grid import Combo, grid_combos, grid_size
 from lensing.search.publish import publish_best, trials_dir
 from lensing.search.queueing import holder
+from lensing.search.ranks import share_config
 from lensing.search.recovery import HOST, fail_dead_trials, quarantine, requeue
 from lensing.search.study import combos_by_state, trial_combo
 from lensing.train import TrainConfig, fit
@@ -122,6 +123,7 @@ class Objective:
         config = TrainConfig.from_dict(self.base_config | combo.params | fields)
         on_epoch_end = self._reporter(trial, combo, reported)
         try:
+            share_config(config)  # under torchrun, every rank trains it with rank 0
             return fit(config, self.datasets, on_epoch_end=on_epoch_end, progress=self.progress)
         except CheckpointError as err:
             bad = quarantine(folder, err)
@@ -131,6 +133,7 @@ class Objective:
                 stacklevel=2,
             )
             trial.set_user_attr("corrupt_checkpoint", str(bad))
+            share_config(config)
             return fit(config, self.datasets, on_epoch_end=on_epoch_end, progress=self.progress)
 
     def _reporter(self, trial: optuna.Trial, combo: Combo, reported: set[int]) -> Callable:
