@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from typing import Any
 
@@ -109,11 +110,15 @@ def training_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def fail(error: BaseException | str, code: int) -> int:
-    """Print the error (any password in a URL hidden) and return ``code``."""
-    from lensing import distributed
+    """Print the error (any password in a URL hidden) and return ``code``.
+
+    Under torchrun the line names the rank; it is read from torchrun's environment, because the
+    process group is already gone when an error has left the command.
+    """
+    # Imported here: it pulls in optuna, which most commands and their errors do without.
     from lensing.search.storage import redact
 
-    world = distributed.current()
-    where = f"rank {world.rank}: " if world.distributed else ""
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    where = f"rank {os.environ.get('RANK', '0')}: " if several else ""
     print(f"error: {where}{redact(str(error))}", file=sys.stderr)
     return code
