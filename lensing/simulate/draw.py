@@ -204,7 +204,9 @@ def _draw_lookalike(class_name: str, rng: np.random.Generator, preset: Lookalike
     bounds = (preset.subhalo_mass_min_fraction * top, top)
     slope = preset.mass_function_slope
     masses = np.zeros(0)
-    if class_name == "sphere":
+    if top <= 0:
+        pass  # no substructure at all: every class is the smooth lens
+    elif class_name == "sphere":
         drawn = sample_masses(rng, preset.n_subhalos, bounds, slope)
         masses, xs, ys = _subhalos(
             rng, preset.n_subhalos, drawn, preset.subhalo_radius, theta_e, cx, cy
@@ -214,10 +216,8 @@ def _draw_lookalike(class_name: str, rng: np.random.Generator, preset: Lookalike
             preset.vortex_mass_ratio * sample_masses(rng, preset.n_subhalos, bounds, slope).sum()
         )
         masses, xs, ys = _vortex(rng, total, preset, theta_e, cx, cy)
-    if masses.size and top > 0:
+    if masses.size:
         _add_clumps(lens, masses, xs, ys, preset)
-    else:
-        masses = np.zeros(0)
     return {**_finish(lens, masses, source, []), "peak_counts": peak_counts}
 
 

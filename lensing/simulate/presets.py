@@ -109,7 +109,9 @@ class LookalikePreset(Instrument):
     its size: the class signal is local, not in the global statistics.
     ``substructure_mass`` is the one strength knob: subhalo masses are drawn from
     dN/dm ~ m^-mass_function_slope between subhalo_mass_min_fraction x and 1 x it, and a vortex
-    carries vortex_mass_ratio times one subhalo population's total mass.
+    carries vortex_mass_ratio times one subhalo population's total mass. Its default was set by
+    measurement on 400/100/200 images per class and 6 epochs from scratch: 1e10 M_sun was not
+    learned, 2e10 gave a test macro AUC of 0.84, 3e10 0.93 (with the substructure visible).
     """
 
     psf_fwhm: float = 0.25  # arcsec, Gaussian PSF (sets, with the source, the ring's width)
@@ -127,7 +129,7 @@ class LookalikePreset(Instrument):
     source_halo_amp: Range = (0.08, 0.22)  # the disk's amplitude / the core's, at each R_sersic
     peak_counts: Range = (755.0, 775.0)  # counts at the brightest noiseless pixel above sky
     sky_counts: float = 10.0  # counts per pixel of the flat sky (Poisson mean)
-    substructure_mass: float = 1e10  # M_sun, THE strength: largest subhalo mass
+    substructure_mass: float = 2e10  # M_sun, THE strength: largest subhalo mass (calibrated)
     subhalo_mass_min_fraction: float = 0.1  # lightest subhalo, in units of substructure_mass
     mass_function_slope: float = 1.9  # dN/dm ~ m^-slope
     n_subhalos: int = 10  # subhalos in a `sphere` image
