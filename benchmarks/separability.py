@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from lensing.config import CLASSES, IMAGE_SIZE
+from lensing.data import find_split_files
+from lensing.images import ImageError, read_image
 
 PERCENTILES = (1, 5, 10, 25, 50, 75, 90, 95, 99)
 BRIGHT_LEVELS = (0.25, 0.5, 0.75)  # fractions of pixels above these normalized values
@@ -30,13 +32,11 @@ PCA_COMPONENTS = 20
 
 def load_split(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Images (N, 150, 150) float32 and labels (N,) of one split; bad files are left out."""
-    from lensing.data import BadFileError, find_split_files, load_image
-
     images, labels = [], []
     for path, label in find_split_files(root, split):
         try:
-            images.append(load_image(path)[0])
-        except BadFileError:
+            images.append(read_image(path).array)
+        except ImageError:
             continue
         labels.append(label)
     if not images:

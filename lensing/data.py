@@ -49,9 +49,6 @@ CACHE_DIR = ".cache"
 CACHE_VERSION = 2
 ITEM_SHAPE = (1, IMAGE_SIZE, IMAGE_SIZE)  # one image as the dataset gives it
 
-# The name callers outside this module still catch; ImageError is the reader's own.
-BadFileError = ImageError
-
 
 class DataWarning(UserWarning):
     """Skipped files or an unbalanced split."""
@@ -109,7 +106,7 @@ def find_split_files(root: str | Path, split: str) -> list[tuple[Path, int]]:
 
 def load_image(path: str | Path) -> np.ndarray:
     """One image file as float32 ``(1, 150, 150)``, min-max normalized to [0, 1]; raises
-    ImageError (alias BadFileError) saying why it cannot be used (see ``read_image``)."""
+    ImageError saying why it cannot be used (see ``read_image``)."""
     return read_image(path).array.reshape(ITEM_SHAPE)
 
 

@@ -17,7 +17,6 @@ from lensing.config import CLASSES, IMAGE_SIZE
 from lensing.data import (
     CACHE_DIR,
     TEST_SPLIT_FILE,
-    BadFileError,
     DataWarning,
     LensingDataset,
     check_balance,
@@ -86,7 +85,6 @@ def bad_files(folder: Path) -> dict[str, str]:
 
 
 def test_load_image_names_the_problem(tmp_path):
-    assert BadFileError is ImageError  # older callers catch the old name
     for name, words in bad_files(tmp_path).items():
         with pytest.raises(ImageError, match=words):
             load_image(tmp_path / name)
