@@ -4,16 +4,19 @@ Runs, in order (``--only`` picks some):
 
 - ``speed``: training images/s, the seed pipeline against ``lensing.train``'s, and against the
   model alone (``train_speedup_vs_seed``, ``pipeline_efficiency``);
-- ``quality``: test AUC of both recipes at the same epochs (``quality``);
+- ``recipes``: test AUC of the training recipes at the main job's budget (``recipes``): the
+  seed notebook's against the package default, over seeds (``benchmarks.recipes``);
+- ``quality``: test AUC of the seed notebook's own pipeline against ours (``quality``);
 - ``search``: the full grid against pruned searches (``search_cost``);
 - ``simulate``: simulator images/s (``simulate_images_per_s``);
 - ``load``: cold and cached load time of a 30,000-image split (``load_seconds``).
 
 Each prints a markdown table on stdout (progress goes to stderr) and the results, with the
 machine they ran on, are written to ``reports/benchmarks.json`` after every benchmark, so an
-interrupted run keeps what it measured. The simulated set of the quality, speed and search
-benchmarks is made once in ``data/bench_sim`` (``data/bench_sim_full`` for ``--full``) and
-reused. The quick profile takes about 16 minutes on a 2-core CPU.
+interrupted run keeps what it measured. The simulated set is made once in
+``data/bench_sim`` (``data/bench_sim_full`` for ``--full``) and reused. The quick profile
+(speed, recipes, simulate, load) is sized for 20 minutes on a 2-core CPU without native bf16;
+``--full`` runs everything, the recipes over 3 seeds and at a longer budget too.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from benchmarks.common import (
 from lensing.config import DATA_DIR, REPORTS_DIR
 from lensing.io import atomic_write_json
 
-BENCHMARKS = ("speed", "quality", "search", "simulate", "load")
+BENCHMARKS = ("speed", "recipes", "quality", "search", "simulate", "load")
 TARGETS = {  # key: (threshold, "min" = at least, "max" = at most)
     "train_speedup_vs_seed": (5.0, "min"),
     "pipeline_efficiency": (0.90, "min"),
@@ -46,25 +49,26 @@ TARGETS = {  # key: (threshold, "min" = at least, "max" = at most)
 }
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {
+        "benchmarks": ("speed", "recipes", "simulate", "load"),
         "sim_dir": BENCH_SIM_DIR,
-        # Images per class. Fewer than ~3,000 presentations per class leave a randomly
-        # initialized ResNet18 at chance on this simulator, so quality needs 500 x 4 epochs.
-        "sim_counts": {"train": 500, "val": 100, "test": 200},
+        # Images per class: the main job's quick profile (lensing/run.py), so the recipes are
+        # compared at the budget a user's first run has.
+        "sim_counts": {"train": 300, "val": 75, "test": 150},
         "batch_size": 32,
-        "speed_steps": 15,
-        "speed_warmup": 3,
+        "speed_steps": 8,
+        "speed_warmup": 2,
         "speed_repeats": 3,  # a median of 3: the speed-up target has a margin of ~5 %
         "speed_compile": False,
+        "recipes": [{"epochs": 4, "seeds": (0,), "names": ("seed-notebook", "default")}],
         "quality_epochs": 4,
-        # All 500 per class: with fewer, every combination stays at chance in 3 epochs and the
-        # search compares noise.
-        "search_train_per_class": 500,
+        "search_train_per_class": 300,
         "search_epochs": 3,
         "search_modes": ("none", "halving"),
-        "simulate_per_class": 300,
+        "simulate_per_class": 100,
         "load_images": 30_000,
     },
     "full": {
+        "benchmarks": BENCHMARKS,
         "sim_dir": BENCH_SIM_FULL_DIR,
         "sim_counts": {"train": 1000, "val": 250, "test": 500},
         "batch_size": 32,
@@ -72,6 +76,12 @@ PROFILES: dict[str, dict[str, Any]] = {
         "speed_warmup": 5,
         "speed_repeats": 3,
         "speed_compile": True,
+        # The quick budget over 3 seeds (on the first 300 / 75 / 150 per class), then a longer
+        # budget with 1 seed on the whole set.
+        "recipes": [
+            {"epochs": 4, "seeds": (0, 1, 2), "names": None, "per_class": (300, 75, 150)},
+            {"epochs": 12, "seeds": (0,), "names": None},
+        ],
         "quality_epochs": 8,
         "search_train_per_class": 1000,
         "search_epochs": 5,
@@ -97,9 +107,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--only",
-        default=",".join(BENCHMARKS),
         help=f"comma-separated subset of {','.join(BENCHMARKS)}; results already in --out "
-        "for the others are kept (default: all)",
+        "for the others are kept (default: the profile's)",
     )
     parser.add_argument(
         "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)"
@@ -131,7 +140,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the chosen benchmarks, writing ``args.out`` after each; returns the results."""
     from lensing.data import load_splits
 
-    chosen = [name.strip() for name in args.only.split(",") if name.strip()]
+    profile_name = "full" if args.full else "quick"
+    profile = PROFILES[profile_name]
+    only = args.only or ",".join(profile["benchmarks"])
+    chosen = [name.strip() for name in only.split(",") if name.strip()]
     unknown = sorted(set(chosen) - set(BENCHMARKS))
     if unknown:
         raise ValueError(f"unknown benchmark(s) {unknown}; expected some of {BENCHMARKS}")
@@ -139,10 +151,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.threads < 1:
             raise ValueError(f"--threads {args.threads}; expected >= 1")
         torch.set_num_threads(args.threads)
-    profile_name = "full" if args.full else "quick"
-    profile = PROFILES[profile_name]
     results: dict[str, Any] = {}
-    if args.out.is_file() and len(chosen) < len(BENCHMARKS):
+    if args.out.is_file() and args.only:
         results = json.loads(args.out.read_text())
     results |= {
         "profile": profile_name,
@@ -164,7 +174,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(table + "\n", flush=True)
 
     splits = None
-    if {"speed", "quality", "search"} & set(chosen):
+    if {"speed", "recipes", "quality", "search"} & set(chosen):
         ensure_sim_set(profile["sim_dir"], profile["sim_counts"])
         splits = load_splits(profile["sim_dir"], progress=False)
 
@@ -185,6 +195,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["pipeline_efficiency"] = speed["pipeline_efficiency"]
         save()
         show(speed_table(speed))
+
+    if "recipes" in chosen:
+        results["recipes"] = _run_recipes(profile, splits, show)
+        save()
 
     if "quality" in chosen:
         from benchmarks.quality import quality_table, run_quality
@@ -249,6 +263,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"report {args.out}"
     )
     return results
+
+
+def _run_recipes(profile: dict[str, Any], splits: dict[str, Any], show) -> list[dict[str, Any]]:
+    """The profile's recipe comparisons, each printed as a table; their results."""
+    from benchmarks.recipes import recipes_table, run_recipes
+
+    measured = []
+    for budget in profile["recipes"]:
+        chosen = splits
+        if budget.get("per_class"):
+            chosen = {
+                split: first_per_class(splits[split], n)
+                for split, n in zip(("train", "val", "test"), budget["per_class"], strict=True)
+            }
+        names = list(budget["names"]) if budget["names"] else None
+        result = run_recipes(
+            chosen, budget["epochs"], list(budget["seeds"]), names, profile["batch_size"]
+        )
+        measured.append(result)
+        show(recipes_table(result))
+    return measured
 
 
 def cli(argv: list[str] | None = None) -> int:

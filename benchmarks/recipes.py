@@ -46,6 +46,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
     "d4 + onecycle + log": {"augment": "d4", "schedule": "onecycle", "stretch": "log", **ALL_1E3},
 }
+VARIANTS = tuple(RECIPES)  # what a run compares unless told otherwise
+RECIPES["default"] = recipe_fields("default")  # TrainConfig's defaults, whichever they are
 
 
 def train_and_score(
@@ -81,18 +83,18 @@ def train_and_score(
 
 
 def run_recipes(
-    data_dir: Path,
+    splits: dict[str, Any],
     epochs: int,
     seeds: list[int],
     names: list[str] | None = None,
     batch_size: int = 64,
     out: Path | None = None,
 ) -> dict[str, Any]:
-    """Every chosen recipe for every seed; the results dict (also written to ``out``)."""
-    splits = load_splits(data_dir)
-    names = names or list(RECIPES)
+    """Every chosen recipe (default: every variant) for every seed, on the splits
+    {"train", "val", "test"}; the results dict (also written to ``out`` after each run)."""
+    names = names or list(VARIANTS)
     results: dict[str, Any] = {
-        "data": str(data_dir),
+        "data": str(splits["train"].root),
         "images_per_class": {s: min(d.class_counts().values()) for s, d in splits.items()},
         "epochs": epochs,
         "batch_size": batch_size,
@@ -144,9 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--out", type=Path, default=REPORTS_DIR / "recipes.json")
     args = parser.parse_args(argv)
-    results = run_recipes(
-        args.data, args.epochs, args.seeds, args.only, args.batch_size, out=args.out
-    )
+    splits = load_splits(args.data, progress=False)
+    results = run_recipes(splits, args.epochs, args.seeds, args.only, args.batch_size, args.out)
     print(recipes_table(results))
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from benchmarks.data_speed import data_speed_table, run_load_time, simulate_rate
 from benchmarks.profile_step import main as profile_main
 from benchmarks.profile_step import profile_step
 from benchmarks.quality import quality_table, run_quality
+from benchmarks.recipes import recipes_table, run_recipes
 from benchmarks.search_cost import run_search_cost, search_cost_table
 from benchmarks.seed_recipe import (
     INPUT_SIZE,
@@ -209,3 +211,22 @@ def test_profile_step_splits_the_step_time_by_operator_kind(capsys) -> None:
     assert profile_main(["--precision", "fp32", "--batch-size", "2", "--steps", "1"]) == 0
     assert "| convolution backward |" in capsys.readouterr().out
     assert profile_main(["--steps", "0"]) == 2
+
+
+@pytest.mark.slow
+def test_run_recipes_scores_each_recipe_per_seed_and_tabulates_them(
+    tiny_splits: dict, tmp_path: Path
+) -> None:
+    out = tmp_path / "recipes.json"
+    names = ["seed-notebook", "d4 + onecycle + arcsinh"]
+    result = run_recipes(tiny_splits, epochs=2, seeds=[0, 1], names=names, batch_size=6, out=out)
+    assert list(result["runs"]) == names
+    for runs in result["runs"].values():
+        assert [run["seed"] for run in runs] == [0, 1]
+        for run in runs:
+            for kind in ("plain", "tta"):
+                assert 0.0 <= run[kind]["auc_macro"] <= 1.0
+                assert set(run[kind]["auc_per_class"]) == set(CLASSES)
+    assert json.loads(out.read_text())["runs"] == json.loads(json.dumps(result["runs"]))
+    table = recipes_table(result)
+    assert "seed-notebook" in table and "+-" in table
