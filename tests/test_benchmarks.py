@@ -219,7 +219,7 @@ def test_run_recipes_scores_each_recipe_per_seed_and_tabulates_them(
 ) -> None:
     out = tmp_path / "recipes.json"
     names = ["seed-notebook", "d4 + onecycle + arcsinh"]
-    result = run_recipes(tiny_splits, epochs=2, seeds=[0, 1], names=names, batch_size=6, out=out)
+    result = run_recipes(tiny_splits, epochs=1, seeds=[0, 1], names=names, batch_size=6, out=out)
     assert list(result["runs"]) == names
     for runs in result["runs"].values():
         assert [run["seed"] for run in runs] == [0, 1]
