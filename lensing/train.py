@@ -1,10 +1,8 @@
 """Fine-tuning ResNet18 with one learning rate per layer group, resumable epoch by epoch.
 
-``fit(config)`` trains as a ``TrainConfig`` says and writes into ``config.out_dir`` the files
-``lensing.checkpoint`` describes: ``config.json``, the rolling ``checkpoint.pth`` (every epoch)
-and ``best_model.pth`` (best validation macro AUC). A run read as: set up (device, data,
-model, optimizer, schedule) -> resume (from the rolling checkpoint) -> loop (train an epoch,
-validate, schedule, save, log) -> result.
+``fit(config)`` trains as a ``TrainConfig`` says and writes the files ``lensing.checkpoint``
+describes into ``config.out_dir``. It reads as: set up (device, data, model, optimizer,
+schedule) -> resume (from the rolling checkpoint) -> loop (train, validate, save, log).
 
 Data-parallel training: ``torchrun --nproc_per_node=N -m lensing train ...`` runs the same
 code in N processes (``lensing.distributed``; NCCL and ``cuda:LOCAL_RANK`` on GPUs, gloo on
