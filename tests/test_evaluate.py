@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,11 @@ import torch
 from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.metrics import accuracy_score, confusion_matrix, roc_auc_score
 
+from lensing.calibration import fit_temperature, logits_from_probs
+from lensing.checkpoint import load_checkpoint
 from lensing.cli import main
 from lensing.config import CLASSES
+from lensing.data import LensingDataset
 from lensing.evaluate import evaluate_checkpoint
 from lensing.inference import predict
 from lensing.io import atomic_torch_save
@@ -294,6 +298,30 @@ def test_evaluate_checkpoint_writes_metrics_and_figures(small_set, tiny_model, t
     assert saved["auc_macro"] == pytest.approx(metrics["auc_macro"])
     for name in ("roc.png", "confusion_matrix.png", "training_history.png"):
         assert (out / "figures" / name).read_bytes().startswith(PNG_MAGIC), name
+    for name in ("reliability.png", "mistakes.png", "saliency.png"):
+        assert (out / "figures" / name).read_bytes().startswith(PNG_MAGIC), name
+    assert set(saved["calibration"]) == {"ece", "ece_calibrated", "temperature"}
+
+
+def test_the_temperature_is_fitted_on_val_only_and_stored_with_the_model(
+    small_set, tiny_model, tmp_path
+) -> None:
+    checkpoint = write_checkpoint(tmp_path / "best_model.pth", tiny_model)
+    options = {"device": "cpu", "precision": "fp32", "n_bootstrap": 0, "explain": False}
+    metrics = evaluate_checkpoint(small_set, checkpoint, out_dir=tmp_path / "r", **options)
+    val = LensingDataset(small_set, "val")
+    probs, labels = predict(tiny_model, val, device="cpu", precision="fp32")
+    expected = fit_temperature(logits_from_probs(probs), labels)
+    assert metrics["calibration"]["temperature"] == pytest.approx(expected, rel=1e-6)
+    assert load_checkpoint(checkpoint)["temperature"] == pytest.approx(expected, rel=1e-6)
+    assert not (tmp_path / "r" / "figures" / "saliency.png").exists()  # --no-explain
+    # Refitted with another test split, it does not move: the test images take no part.
+    shutil.rmtree(small_set / "test" / "vort")
+    shutil.copytree(small_set / "val" / "vort", small_set / "test" / "vort")
+    write_checkpoint(checkpoint, tiny_model)
+    assert "temperature" not in load_checkpoint(checkpoint)
+    again = evaluate_checkpoint(small_set, checkpoint, out_dir=tmp_path / "r2", **options)
+    assert again["calibration"]["temperature"] == pytest.approx(expected, rel=1e-6)
 
 
 def test_cli_prints_a_markdown_table(small_set, tiny_model, tmp_path, capsys) -> None:
