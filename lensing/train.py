@@ -229,7 +229,8 @@ def _set_up(
     run = _Training(
         model=model,
         optimizer=optimizer,
-        scheduler=_config_scheduler(optimizer, config, len(batches) * config.epochs),
+        # A run of fewer than 2 steps (none, for --epochs 0) barely steps a one-cycle schedule.
+        scheduler=_config_scheduler(optimizer, config, max(len(batches) * config.epochs, 2)),
         scaler=torch.amp.GradScaler(
             device.type, enabled=resolve_precision(config.precision, device) == "fp16"
         ),

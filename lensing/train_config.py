@@ -34,8 +34,9 @@ class TrainConfig:
     out_dir: str = str(MODELS_DIR)  # where checkpoint.pth, best_model.pth, config.json go
     epochs: int = 10  # total number of epochs (a resumed run trains up to this number)
     batch_size: int = 64  # images per optimizer step and process (x world size under torchrun)
-    lr_early: float = 1e-4  # Adam lr of conv1, bn1, layer1
-    lr_middle: float = 3e-4  # Adam lr of layer2
+    # The learning rates, one per layer group (a one-cycle schedule's peaks).
+    lr_early: float = 1e-3  # Adam lr of conv1, bn1, layer1
+    lr_middle: float = 1e-3  # Adam lr of layer2
     lr_late: float = 1e-3  # Adam lr of layer3, layer4
     lr_fc: float = 1e-3  # Adam lr of the final fully connected layer
     weight_decay: float = 0.0  # Adam L2 penalty, same for every group
@@ -43,7 +44,7 @@ class TrainConfig:
     precision: str = "auto"  # "auto" (bf16 where native, fp16 on old GPUs), "fp32", "bf16"
     # "flip-affine": the seed notebook's flip, rotation <= 10 deg, shift <= 5 %, zoom 0.95-1.05;
     # "d4": the 8 exact flips and 90-degree turns; "none". "seed" is an old name of flip-affine.
-    augment: str = "flip-affine"
+    augment: str = "d4"
     stretch: str = "none"  # input stretch before the network: "none", "log" or "arcsinh"
     seed: int = 0  # seeds weights init, data order and augmentation
     device: str = "auto"  # "auto" (cuda, mps, cpu), or "cpu", "cuda", "cuda:1", "mps"
@@ -51,7 +52,7 @@ class TrainConfig:
     early_stopping: int = 0  # stop after this many epochs without a better val AUC; 0 = off
     # "plateau": ReduceLROnPlateau on the val AUC, once per epoch; "onecycle": per step, from
     # lr/25 up to each group's lr over the first onecycle_warmup of the run, then cosine down.
-    schedule: str = "plateau"
+    schedule: str = "onecycle"
     scheduler_patience: int = 2  # ReduceLROnPlateau: epochs without progress before lr drops
     scheduler_factor: float = 0.5  # ReduceLROnPlateau: lr multiplier when it drops
     onecycle_warmup: float = 0.25  # one-cycle: share of the steps spent raising the lr
