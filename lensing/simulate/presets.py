@@ -129,7 +129,7 @@ class LookalikePreset(Instrument):
     source_halo_amp: Range = (0.08, 0.22)  # the disk's amplitude / the core's, at each R_sersic
     peak_counts: Range = (755.0, 775.0)  # counts at the brightest noiseless pixel above sky
     sky_counts: float = 10.0  # counts per pixel of the flat sky (Poisson mean)
-    substructure_mass: float = 3e10  # M_sun, THE strength: largest subhalo mass (calibrated)
+    substructure_mass: float = 2e10  # M_sun, THE strength: largest subhalo mass (calibrated)
     subhalo_mass_min_fraction: float = 0.1  # lightest subhalo, in units of substructure_mass
     mass_function_slope: float = 1.9  # dN/dm ~ m^-slope
     n_subhalos: int = 10  # subhalos in a `sphere` image
@@ -138,7 +138,7 @@ class LookalikePreset(Instrument):
     vortex_length: Range = (0.8, 1.6)  # arcsec, length of the line
     vortex_radius: Range = (0.8, 1.2)  # centre of the line, units of theta_E
     vortex_mass_ratio: float = 1.0  # vortex mass / one subhalo population's total mass
-    compensation_sigma: float = 0.12  # arcsec, width of each clump's negative Gaussian mass
+    compensation_sigma: float = 0.3  # arcsec, width of each clump's negative Gaussian mass
 
 
 Preset = LegacyPreset | LookalikePreset
