@@ -30,9 +30,14 @@ from lensing.simulate.recipe import (
     point_mass_theta_e,
     render,
     sigma_crit_angle,
+)
+from lensing.simulate.writer import (
+    IMAGE_SHAPE,
+    image_seed,
+    is_valid_image,
+    simulate_dataset,
     simulate_image,
 )
-from lensing.simulate.writer import IMAGE_SHAPE, image_seed, is_valid_image, simulate_dataset
 
 __all__ = [
     "DEFAULT_PRESET",

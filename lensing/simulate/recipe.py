@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from lensing.simulate.presets import DEFAULT_PRESET, PRESETS, LegacyPreset, LookalikePreset, Preset
+from lensing.simulate.presets import LegacyPreset, LookalikePreset, Preset
 
 # Per-process caches: building lenstronomy's grid, PSF and model objects costs more than
 # drawing an image, so each worker builds them once per (preset, lens model list).
@@ -122,19 +122,3 @@ def normalize(image: np.ndarray) -> np.ndarray:
     if not hi > lo:
         raise ValueError(f"cannot normalize a constant image (value {lo!r}); expected a range")
     return ((image - lo) / (hi - lo))[np.newaxis]
-
-
-def simulate_image(
-    class_name: str, rng: np.random.Generator, preset: Preset = PRESETS[DEFAULT_PRESET]
-) -> np.ndarray:
-    """One noisy, normalized image of class ``class_name`` (one of CLASSES) drawn with ``rng``
-    from ``preset`` (default: the default preset): float64 (1, size, size), min 0, max 1."""
-    from lensing.simulate.draw import draw_parameters
-
-    if isinstance(preset, LookalikePreset):
-        # Separate streams for the lens and for the noise: with one seed the three classes get
-        # the same smooth lens and the same noise, and differ by the substructure alone.
-        draw_rng, noise_rng = rng.spawn(2)
-        return normalize(render(draw_parameters(class_name, draw_rng, preset), noise_rng, preset))
-    params = draw_parameters(class_name, rng, preset)
-    return normalize(render(params, rng, preset))

@@ -25,10 +25,32 @@ import numpy as np
 from lensing import config
 from lensing.config import CLASSES, IMAGE_SIZE, MANIFEST, SPLITS
 from lensing.io import atomic_save_npy, atomic_write_json
-from lensing.simulate.presets import DEFAULT_PRESET, Preset, get_preset, preset_name
-from lensing.simulate.recipe import simulate_image
+from lensing.simulate.draw import draw_parameters
+from lensing.simulate.presets import (
+    DEFAULT_PRESET,
+    PRESETS,
+    LookalikePreset,
+    Preset,
+    get_preset,
+    preset_name,
+)
+from lensing.simulate.recipe import normalize, render
 
 IMAGE_SHAPE = (1, IMAGE_SIZE, IMAGE_SIZE)
+
+
+def simulate_image(
+    class_name: str, rng: np.random.Generator, preset: Preset = PRESETS[DEFAULT_PRESET]
+) -> np.ndarray:
+    """One noisy, normalized image of class ``class_name`` (one of CLASSES) drawn with ``rng``
+    from ``preset`` (default: the default preset): float64 (1, size, size), min 0, max 1."""
+    if isinstance(preset, LookalikePreset):
+        # Separate streams for the lens and for the noise: with one seed the three classes get
+        # the same smooth lens and the same noise, and differ by the substructure alone.
+        draw_rng, noise_rng = rng.spawn(2)
+        return normalize(render(draw_parameters(class_name, draw_rng, preset), noise_rng, preset))
+    params = draw_parameters(class_name, rng, preset)
+    return normalize(render(params, rng, preset))
 
 
 def image_seed(seed: int, split: str, class_name: str, index: int) -> np.random.SeedSequence:
