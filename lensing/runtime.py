@@ -4,6 +4,7 @@ plain model behind a DistributedDataParallel or compiled wrapper."""
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 
 import numpy as np
@@ -36,7 +37,14 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 in hardware (AVX512-BF16 or AMX), so bf16 pays off."""
+    """True when the CPU computes bf16 in hardware (AVX512-BF16 or AMX), so bf16 pays off.
+
+    ``ONEDNN_MAX_CPU_ISA`` set to an instruction set without them (e.g. ``AVX2``, to make a
+    newer CPU behave like an older one) counts as their absence: bf16 would then be emulated.
+    """
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if isa and not any(name in isa for name in ("AVX512_CORE_BF16", "AMX", "DEFAULT", "ALL")):
+        return False
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
