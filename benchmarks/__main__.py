@@ -53,15 +53,15 @@ PROFILES: dict[str, dict[str, Any]] = {
         "sim_dir": BENCH_SIM_DIR,
         # Images per class: the main job's quick profile (lensing/run.py), so the recipes are
         # compared at the budget a user's first run has.
-        "sim_counts": {"train": 300, "val": 75, "test": 150},
+        "sim_counts": {"train": 400, "val": 100, "test": 150},
         "batch_size": 32,
         "speed_steps": 8,
         "speed_warmup": 2,
         "speed_repeats": 3,  # a median of 3: the speed-up target has a margin of ~5 %
         "speed_compile": False,
-        "recipes": [{"epochs": 4, "seeds": (0,), "names": ("seed-notebook", "default")}],
+        "recipes": [{"epochs": 6, "seeds": (0,), "names": ("seed-notebook", "default")}],
         "quality_epochs": 4,
-        "search_train_per_class": 300,
+        "search_train_per_class": 400,
         "search_epochs": 3,
         "search_modes": ("none", "halving"),
         "simulate_per_class": 100,
@@ -76,10 +76,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "speed_warmup": 5,
         "speed_repeats": 3,
         "speed_compile": True,
-        # The quick budget over 3 seeds (on the first 300 / 75 / 150 per class), then a longer
+        # The quick budget over 3 seeds (on the first 400 / 100 / 150 per class), then a longer
         # budget with 1 seed on the whole set.
         "recipes": [
-            {"epochs": 4, "seeds": (0, 1, 2), "names": None, "per_class": (300, 75, 150)},
+            {"epochs": 6, "seeds": (0, 1, 2), "names": None, "per_class": (400, 100, 150)},
             {"epochs": 12, "seeds": (0,), "names": None},
         ],
         "quality_epochs": 8,

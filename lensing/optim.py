@@ -61,6 +61,9 @@ def make_scheduler(
     if steps < 2:
         raise ValueError(f"a one-cycle schedule needs at least 2 steps; the run has {steps}")
     peaks = [learning_rates[group["name"]] for group in optimizer.param_groups]
+    # OneCycleLR divides by the length of each phase (warmup * steps - 1 and the rest): on a
+    # run of a few steps either can be zero, so each is kept at half a step or more.
+    warmup = min(max(warmup, 1.5 / steps), 1 - 0.5 / steps)
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=peaks, total_steps=steps, pct_start=warmup
     )

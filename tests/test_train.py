@@ -60,6 +60,7 @@ def make_config(data_root: Path, out_dir: Path, **changes) -> TrainConfig:
         pretrained="none",
         precision="fp32",
         augment="seed",  # so that resuming must also restore the augmentation generator
+        schedule="plateau",  # the per-epoch schedule these tests check; one-cycle has its own
         device="cpu",
         seed=0,
     )

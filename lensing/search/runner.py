@@ -97,6 +97,7 @@ def run_search(
     url = storage or default_storage(out_dir)
     with _quiet_optuna():
         rdb = open_storage(url, heartbeat_interval, grace_period)
+        base_config = _with_study_settings(rdb, study_name, base_config, log)
         settings = _settings(epochs, prune, base_config)
         study = open_study(rdb, study_name, grid, settings, prune, grace_period, hint)
         objective = Objective(
@@ -155,6 +156,27 @@ def _logger(quiet: bool) -> Callable[[str], None]:
 def _finished(study: optuna.Study, worker: Worker) -> int:
     pending = combos_by_state(study, worker.combos)
     return sum(len(pending[state]) for state in FINISHED)
+
+
+def _with_study_settings(
+    rdb: Any, study_name: str, base_config: dict, log: Callable[[str], None]
+) -> dict:
+    """``base_config`` completed with an existing study's own settings for every training
+    field the caller left unset, so a plain re-run resumes a study even after the package's
+    defaults changed (an explicit setting that differs is still refused by check_study)."""
+    try:
+        stored = optuna.load_study(study_name=study_name, storage=rdb).user_attrs.get("settings")
+    except KeyError:  # no such study yet
+        return base_config
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - set(ENVIRONMENT_KEYS)
+    adopted = {
+        k: v
+        for k, v in (stored or {}).items()
+        if k in fields - {"epochs"} and k not in base_config
+    }
+    if adopted:
+        log(f"study {study_name!r} resumes with its own settings for {sorted(adopted)}")
+    return adopted | base_config
 
 
 def _settings(epochs: int, prune: str, base_config: dict) -> dict[str, Any]:
