@@ -150,7 +150,27 @@ def _finish(lens: list, masses: np.ndarray, source: list, lens_light: list) -> d
 def _draw_legacy(class_name: str, rng: np.random.Generator, preset: LegacyPreset) -> dict:
     lens, lens_light, source = _legacy_smooth(rng, preset)
     theta_e, cx, cy = (lens[0][k] for k in ("theta_E", "center_x", "center_y"))
-    bounds, slope = preset.subhalo_mass, preset.mass_function_slope
+    masses = _substructure(
+        class_name, rng, preset, preset.subhalo_mass, preset.vortex_mass_scale, lens
+    )
+    return _finish(lens, masses, source, lens_light)
+
+
+def _substructure(
+    class_name: str,
+    rng: np.random.Generator,
+    preset: Preset,
+    bounds: tuple[float, float],
+    vortex_ratio: float,
+    lens: list,
+) -> np.ndarray:
+    """Add the class's clumps to ``lens`` (in place); their masses (M_sun), none for ``no``.
+
+    bounds: (lightest, heaviest) subhalo mass in M_sun; vortex_ratio: a vortex's total mass in
+    units of one drawn subhalo population's total mass.
+    """
+    theta_e, cx, cy = (lens[0][k] for k in ("theta_E", "center_x", "center_y"))
+    slope = preset.mass_function_slope
     masses = np.zeros(0)
     if class_name == "sphere":
         drawn = sample_masses(rng, preset.n_subhalos, bounds, slope)
@@ -158,13 +178,11 @@ def _draw_legacy(class_name: str, rng: np.random.Generator, preset: LegacyPreset
             rng, preset.n_subhalos, drawn, preset.subhalo_radius, theta_e, cx, cy
         )
     elif class_name == "vort":
-        total = (
-            preset.vortex_mass_scale * sample_masses(rng, preset.n_subhalos, bounds, slope).sum()
-        )
+        total = vortex_ratio * sample_masses(rng, preset.n_subhalos, bounds, slope).sum()
         masses, xs, ys = _vortex(rng, total, preset, theta_e, cx, cy)
     if masses.size:
         _add_clumps(lens, masses, xs, ys, preset)
-    return _finish(lens, masses, source, lens_light)
+    return masses
 
 
 def _lookalike_smooth(rng: np.random.Generator, preset: LookalikePreset) -> tuple[list, list]:
@@ -199,25 +217,11 @@ def _lookalike_smooth(rng: np.random.Generator, preset: LookalikePreset) -> tupl
 def _draw_lookalike(class_name: str, rng: np.random.Generator, preset: LookalikePreset) -> dict:
     lens, source = _lookalike_smooth(rng, preset)
     peak_counts = _uniform(rng, preset.peak_counts)
-    theta_e, cx, cy = (lens[0][k] for k in ("theta_E", "center_x", "center_y"))
     top = preset.substructure_mass
-    bounds = (preset.subhalo_mass_min_fraction * top, top)
-    slope = preset.mass_function_slope
     masses = np.zeros(0)
-    if top <= 0:
-        pass  # no substructure at all: every class is the smooth lens
-    elif class_name == "sphere":
-        drawn = sample_masses(rng, preset.n_subhalos, bounds, slope)
-        masses, xs, ys = _subhalos(
-            rng, preset.n_subhalos, drawn, preset.subhalo_radius, theta_e, cx, cy
-        )
-    elif class_name == "vort":
-        total = (
-            preset.vortex_mass_ratio * sample_masses(rng, preset.n_subhalos, bounds, slope).sum()
-        )
-        masses, xs, ys = _vortex(rng, total, preset, theta_e, cx, cy)
-    if masses.size:
-        _add_clumps(lens, masses, xs, ys, preset)
+    if top > 0:  # else no substructure at all: every class is the smooth lens
+        bounds = (preset.subhalo_mass_min_fraction * top, top)
+        masses = _substructure(class_name, rng, preset, bounds, preset.vortex_mass_ratio, lens)
     return {**_finish(lens, masses, source, []), "peak_counts": peak_counts}
 
 
