@@ -2,7 +2,8 @@
 
 Runs, in order (``--only`` picks some):
 
-- ``speed``: training images/s, the seed pipeline against ``lensing.train``'s, and against the
+- ``speed``: training images/s, the seed pipeline against the package's
+  (``lensing.training.fit``), and against the
   model alone (``train_speedup_vs_seed``, ``pipeline_efficiency``);
 - ``recipes``: test AUC of the training recipes at the main job's budget (``recipes``): the
   seed notebook's against the package default, over seeds (``benchmarks.recipes``);
@@ -38,8 +39,8 @@ from benchmarks.common import (
     first_per_class,
     machine,
 )
-from lensing.config import DATA_DIR, REPORTS_DIR
-from lensing.io import atomic_write_json
+from lensing.atomic import atomic_write_json
+from lensing.constants import DATA_DIR, REPORTS_DIR
 
 BENCHMARKS = ("speed", "recipes", "quality", "search", "simulate", "load")
 TARGETS = {  # key: (threshold, "min" = at least, "max" = at most)
@@ -138,7 +139,7 @@ def _targets(results: dict[str, Any]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the chosen benchmarks, writing ``args.out`` after each; returns the results."""
-    from lensing.data import load_splits
+    from lensing.data.dataset import load_splits
 
     profile_name = "full" if args.full else "quick"
     profile = PROFILES[profile_name]

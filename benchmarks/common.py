@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lensing.config import CLASSES, DATA_DIR, MANIFEST
+from lensing.constants import CLASSES, DATA_DIR, MANIFEST
 
 BENCH_SIM_DIR = DATA_DIR / "bench_sim"  # cached simulated set of the quick benchmarks
 BENCH_SIM_FULL_DIR = DATA_DIR / "bench_sim_full"  # the same for --full

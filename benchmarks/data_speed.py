@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import log, markdown_table
-from lensing.config import CLASSES, DATA_DIR
-from lensing.io import atomic_save_npy
+from lensing.atomic import atomic_save_npy
+from lensing.constants import CLASSES, DATA_DIR
 
 BYTES_PER_FILE = 180_128  # a float64 (1, 150, 150) .npy: 128-byte header + 22,500 x 8
 DISK_MARGIN = 2.0  # free space wanted: files + float32 cache, times this margin
@@ -109,7 +109,7 @@ def run_load_time(
     n_images is lowered (and the result says so, with a linear extrapolation) when the disk
     has too little free space for the files and the cache.
     """
-    from lensing.data import LensingDataset
+    from lensing.data.dataset import LensingDataset
 
     work_dir.mkdir(parents=True, exist_ok=True)
     wanted = n_images

@@ -1,11 +1,12 @@
 """GPU throughput of the training recipe: ``python -m benchmarks.gpu [--out FILE.json]``.
 
 On one CUDA device it measures, for ResNet18 on 150 x 150 single-channel images
-(``lensing.model.build_model("none")``, bf16 autocast, channels_last, fused Adam, the images
+(``lensing.training.model.build_model("none")``, bf16 autocast, channels_last,
+fused Adam, the images
 already resident on the device so no loader is measured):
 
 - training images/s at batch 256 and 512, with torch.compile off and on;
-- inference images/s at batch 512, plain and with D4 averaging (``lensing.augment.d4_views``:
+- inference images/s at batch 512, plain and with D4 averaging (``lensing.data.augment.d4_views``:
   8 forward passes per image);
 
 and from the fastest training setting and the plain inference rate, the estimated wall time of
@@ -27,8 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lensing.config import CLASSES, IMAGE_SIZE, REPORTS_DIR
-from lensing.io import atomic_write_json
+from lensing.atomic import atomic_write_json
+from lensing.constants import CLASSES, IMAGE_SIZE, REPORTS_DIR
 
 ANCHOR_MINUTES = 3.5  # public figure: one H200, per-file DataLoader, same 30-epoch recipe
 AIM_MINUTES = 1.0
@@ -87,7 +88,7 @@ def _pool(n: int, device: Any) -> tuple[Any, Any]:
 def _model(device: Any, compile_model: bool) -> tuple[Any, Any]:
     import torch
 
-    from lensing.model import build_model
+    from lensing.training.model import build_model
 
     torch.manual_seed(0)
     model = build_model("none").to(device).to(memory_format=torch.channels_last)
@@ -125,7 +126,7 @@ def infer_rate(device: Any, batch: int, d4: bool, profile: dict) -> dict:
     """Inference images/s (softmax probabilities); with ``d4`` averaged over the 8 views."""
     import torch
 
-    from lensing.augment import d4_views
+    from lensing.data.augment import d4_views
 
     images, _ = _pool(batch, device)
     model, run = _model(device, compile_model=False)

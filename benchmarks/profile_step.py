@@ -1,6 +1,6 @@
 """Where a training step's time goes: ``python -m benchmarks.profile_step [--precision P]``.
 
-Profiles ``lensing.steps.train_one_epoch`` on one fixed in-memory batch (the "model alone"
+Profiles ``lensing.training.steps.train_one_epoch`` on one fixed in-memory batch (the "model alone"
 measurement of :mod:`benchmarks.speed`, ``one_batch_epoch``) with ``torch.profiler`` and prints
 the share of the step's CPU time spent in each kind of operator: convolution backward and
 forward, batch norm, dtype casts and copies, the optimizer, and the rest. It answers "what

@@ -2,15 +2,16 @@
 
 Every recipe trains a randomly initialized ResNet18 for the same number of epochs on the same
 simulated images, keeps the epoch with the best validation macro AUC, and is scored on the same
-test images with ``lensing.metrics.compute_metrics`` (macro and per-class one-vs-rest AUC,
+test images with ``lensing.evaluation.metrics.compute_metrics`` (macro and per-class
+one-vs-rest AUC,
 95 % stratified bootstrap interval of the macro AUC).
 
 - ``seed``: :mod:`benchmarks.seed_recipe` (224 x 224 RGB copies, torchvision's random flip,
   rotation, shift and zoom, one constant Adam learning rate, fp32, no test-time augmentation);
-- ``improved``: ``lensing.train.fit`` with ``augment="d4"`` (the 8 exact flips and quarter
+- ``improved``: ``lensing.training.fit.fit`` with ``augment="d4"`` (the 8 exact flips and quarter
   turns of the square sky image, no interpolation) and ``schedule="onecycle"`` (warm-up over
   the first quarter of the steps, then cosine decay, stepped every batch), the package's
-  default precision, scored with D4 test-time averaging (``predict(tta=True)``);
+  default precision, scored with D4 test-time averaging (``predict_split(tta=True)``);
 - ``package_fit``: the same with ``schedule="plateau"`` (ReduceLROnPlateau, the default), for
   reference.
 
@@ -29,13 +30,13 @@ import torch
 
 from benchmarks.common import log, markdown_table
 from benchmarks.seed_recipe import BATCH_SIZE, seed_fit, seed_loader, seed_predict
-from lensing.checkpoint import BEST_MODEL, load_checkpoint
-from lensing.config import CLASSES, DATA_DIR, SCHEDULES
-from lensing.inference import predict
-from lensing.metrics import compute_metrics
-from lensing.model import build_model
+from lensing.constants import CLASSES, DATA_DIR, SCHEDULES
+from lensing.evaluation.inference import predict_split
+from lensing.evaluation.metrics import compute_metrics
 from lensing.runtime import resolve_precision
-from lensing.train import TrainConfig, fit
+from lensing.training.checkpoint import BEST_MODEL, load_checkpoint
+from lensing.training.fit import TrainConfig, fit
+from lensing.training.model import build_model
 
 # Peak learning rate of every layer group in the improved recipe: the seed's 1e-3 everywhere
 # (from random weights there is no pretrained early layer to protect). On the quick set's
@@ -80,7 +81,8 @@ def improved_quality(
     augment: str = "d4",
     work_dir: Path | None = None,
 ) -> dict:
-    """Train with ``lensing.train.fit`` (``schedule`` "onecycle" or "plateau"), keep the epoch
+    """Train with ``lensing.training.fit.fit`` (``schedule`` "onecycle" or
+    "plateau"), keep the epoch
     with the best val AUC and score it on the test split with and without D4 averaging."""
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; expected one of {SCHEDULES}")
@@ -107,7 +109,7 @@ def improved_quality(
     seconds = time.perf_counter() - start
     scored = {}
     for tta in (True, False):
-        probs, labels = predict(model, datasets["test"], device=CPU, precision=used, tta=tta)
+        probs, labels = predict_split(model, datasets["test"], device=CPU, precision=used, tta=tta)
         scored[tta] = compute_metrics(labels, probs, CLASSES, n_bootstrap=N_BOOTSTRAP)
     for entry in history:
         log(
@@ -147,7 +149,7 @@ def run_quality(
 
     compare_precision: when the default precision is bf16, also train the improved recipe in
     fp32 and say whether its AUC lies in the bf16 run's 95 % interval. package_fit: also train
-    with ``lensing.train.fit`` as it is (plateau schedule).
+    with ``lensing.training.fit.fit`` as it is (plateau schedule).
     """
     counts = {split: d.class_counts() for split, d in datasets.items()}
     log(f"quality: {counts}, {epochs} epochs each")

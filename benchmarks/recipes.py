@@ -1,6 +1,6 @@
 """Which training recipe to make the default: test AUC of each at equal budget, over seeds.
 
-Every recipe trains a randomly initialized ResNet18 with ``lensing.train.fit`` on the same
+Every recipe trains a randomly initialized ResNet18 with ``lensing.training.fit.fit`` on the same
 simulated images for the same epochs, keeps its best validation epoch, and is scored on the
 same test images with and without D4 test-time averaging. Repeating with several seeds (the
 seed moves the initialization, the data order and the augmentation draws) gives the mean and
@@ -21,14 +21,14 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import log, machine, markdown_table
-from lensing.checkpoint import BEST_MODEL
-from lensing.config import CLASSES, REPORTS_DIR
-from lensing.data import load_splits
-from lensing.inference import load_trained_model, predict
-from lensing.io import atomic_write_json
-from lensing.metrics import compute_metrics
-from lensing.recipes import recipe_fields
-from lensing.train import TrainConfig, fit
+from lensing.atomic import atomic_write_json
+from lensing.constants import CLASSES, REPORTS_DIR
+from lensing.data.dataset import load_splits
+from lensing.evaluation.inference import load_trained_model, predict_split
+from lensing.evaluation.metrics import compute_metrics
+from lensing.training.checkpoint import BEST_MODEL
+from lensing.training.fit import TrainConfig, fit
+from lensing.training.recipes import recipe_fields
 
 ALL_1E3 = {"lr_early": 1e-3, "lr_middle": 1e-3, "lr_late": 1e-3, "lr_fc": 1e-3}
 # name: TrainConfig values. The seed notebook's recipe keeps its own per-group rates; the others
@@ -71,7 +71,7 @@ def train_and_score(
         model, _ = load_trained_model(Path(out) / BEST_MODEL)
     scores = {}
     for tta in (False, True):
-        probs, labels = predict(
+        probs, labels = predict_split(
             model, splits["test"], device="cpu", precision="auto", tta=tta, stretch=config.stretch
         )
         metrics = compute_metrics(labels, probs, CLASSES, n_bootstrap=0)

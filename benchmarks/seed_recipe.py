@@ -6,7 +6,7 @@ resizes 150x150 to ImageNet's 224x224, normalizes with ImageNet's mean and std, 
 torchvision's per-image random transforms (flip, rotation, shift and zoom) in ``num_workers``
 DataLoader processes; fp32, the default NCHW layout, ``Adam(model.parameters())`` with one
 learning rate, no test-time augmentation. The benchmarks compare this with the package's
-pipeline (``lensing.train``) on the same images.
+pipeline (``lensing.training.fit``) on the same images.
 
 Only torch, torchvision and numpy are used here, as in the notebook; nothing from ``lensing``
 but the class names.
@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 from torchvision.models import resnet18
 
-from lensing.config import CLASSES
+from lensing.constants import CLASSES
 
 INPUT_SIZE = 224  # pixels per side: the ImageNet input size the notebook resizes to
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

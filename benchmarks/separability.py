@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lensing.config import CLASSES, IMAGE_SIZE
-from lensing.data import find_split_files
-from lensing.images import ImageError, read_image
+from lensing.constants import CLASSES, IMAGE_SIZE
+from lensing.data.dataset import find_split_files
+from lensing.data.readers.image import ImageError, read_image
 
 PERCENTILES = (1, 5, 10, 25, 50, 75, 90, 95, 99)
 BRIGHT_LEVELS = (0.25, 0.5, 0.75)  # fractions of pixels above these normalized values
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{report['data']}: {report['n_train']} training images\n")
     print(markdown_table(report))
     if args.json is not None:
-        from lensing.io import atomic_write_json
+        from lensing.atomic import atomic_write_json
 
         atomic_write_json(args.json, report)
     return 0

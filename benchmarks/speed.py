@@ -35,12 +35,12 @@ from benchmarks.seed_recipe import (
     seed_optimizer,
     seed_train_steps,
 )
-from lensing.batches import TrainBatches
-from lensing.model import build_model, prepare_model
-from lensing.optim import make_optimizer
+from lensing.data.batches import TrainBatches
 from lensing.runtime import resolve_precision
-from lensing.steps import train_one_epoch
-from lensing.train import TrainConfig
+from lensing.training.fit import TrainConfig
+from lensing.training.model import build_model, prepare_model
+from lensing.training.optim import make_optimizer
+from lensing.training.steps import train_one_epoch
 
 CPU = torch.device("cpu")
 
@@ -83,7 +83,7 @@ def ours_rate(
     augment: str = "flip-affine",
     compile_model: bool = False,
 ) -> dict[str, float]:
-    """Images per second of lensing.train's loop over an in-memory split (augmentation and
+    """Images per second of lensing.training.fit's loop over an in-memory split (augmentation and
     batching included), and the seconds of the warm-up steps (compilation included)."""
     model, optimizer = our_model(batch_size, compile_model)
     generator = torch.Generator().manual_seed(1)

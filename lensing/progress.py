@@ -3,7 +3,7 @@
 Bars are for people watching (a terminal, or a live widget in JupyterLab) and ``--no-progress``
 hides them; log lines (one per epoch, one per search trial) go to standard output always, so
 a batch job, a cluster queue or a headless notebook run still has its record. A headless
-notebook run (``lensing.run``) sets ``LENSING_NO_BARS=1``: bars there would be saved as stale
+notebook run (``lensing.cli.run``) sets ``LENSING_NO_BARS=1``: bars there would be saved as stale
 ``0%|`` lines in the executed notebook.
 """
 

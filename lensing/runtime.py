@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lensing.config import PRECISIONS
+from lensing.constants import PRECISIONS
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lensing.config import CLASSES, IMAGE_SIZE
+from lensing.constants import CLASSES, IMAGE_SIZE
 
 
 def write_set(

@@ -9,8 +9,8 @@ import pytest
 import torch
 from numpy.testing import assert_allclose, assert_array_equal
 
-from lensing.augment import affine_matrices, augment_batch, d4_views
-from lensing.config import AUGMENTATIONS
+from lensing.constants import AUGMENTATIONS
+from lensing.data.augment import affine_matrices, augment_batch, d4_views
 
 
 def batch(n: int = 6, size: int = 12, seed: int = 0) -> torch.Tensor:

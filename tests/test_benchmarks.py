@@ -32,8 +32,8 @@ from benchmarks.seed_recipe import (
     seed_transforms,
 )
 from benchmarks.speed import model_rate, ours_rate, run_speed, seed_rate, speed_table
-from lensing.config import CLASSES
-from lensing.data import LensingDataset, load_splits
+from lensing.constants import CLASSES
+from lensing.data.dataset import LensingDataset, load_splits
 
 
 @pytest.fixture(scope="module")

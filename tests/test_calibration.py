@@ -7,7 +7,7 @@ import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 from scipy.special import softmax
 
-from lensing.calibration import (
+from lensing.evaluation.calibration import (
     apply_temperature,
     calibration_summary,
     expected_calibration_error,

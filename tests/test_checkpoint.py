@@ -10,7 +10,8 @@ import pytest
 import torch
 from conftest import write_set
 
-from lensing.checkpoint import (
+from lensing.atomic import atomic_torch_save
+from lensing.training.checkpoint import (
     BEST_MODEL,
     CHECKPOINT,
     CONFIG_JSON,
@@ -18,8 +19,7 @@ from lensing.checkpoint import (
     CheckpointError,
     load_checkpoint,
 )
-from lensing.io import atomic_torch_save
-from lensing.train import TrainConfig, fit
+from lensing.training.fit import TrainConfig, fit
 
 # What a rolling checkpoint held before this layout, key by key; its config had no "stretch"
 # and called the seed notebook's augmentation "seed".

@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from lensing.dashboard import DB_NAME, cli, redact, resolve_storage
+from lensing.search.dashboard import DB_NAME, cli, redact, resolve_storage
 
 REPO = Path(__file__).resolve().parent.parent
 GRID = {"early": [1e-5, 1e-4], "middle": [1e-4], "late": [1e-3], "fc": [1e-3]}

@@ -13,8 +13,8 @@ from conftest import write_set
 from numpy.lib import format as npy_format
 from numpy.testing import assert_allclose, assert_array_equal
 
-from lensing.config import CLASSES, IMAGE_SIZE
-from lensing.data import (
+from lensing.constants import CLASSES, IMAGE_SIZE
+from lensing.data.dataset import (
     CACHE_DIR,
     TEST_SPLIT_FILE,
     DataWarning,
@@ -26,8 +26,8 @@ from lensing.data import (
     provenance,
     split_off_test_set,
 )
-from lensing.download import write_source_marker
-from lensing.imagefile import MAX_FILE_BYTES, ImageError
+from lensing.data.download import write_source_marker
+from lensing.data.readers.checks import MAX_FILE_BYTES, ImageError
 
 SHAPE = (1, IMAGE_SIZE, IMAGE_SIZE)
 

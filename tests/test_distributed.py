@@ -17,13 +17,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import write_set
 
-from lensing import distributed
-from lensing.batches import TrainBatches
-from lensing.checkpoint import BEST_MODEL, CHECKPOINT, CONFIG_JSON, load_checkpoint
-from lensing.data import LensingDataset
-from lensing.inference import predict
-from lensing.metrics import compute_metrics
-from lensing.model import build_model
+from lensing.data.batches import TrainBatches
+from lensing.data.dataset import LensingDataset
+from lensing.evaluation.inference import predict_split
+from lensing.evaluation.metrics import compute_metrics
+from lensing.training import distributed
+from lensing.training.checkpoint import BEST_MODEL, CHECKPOINT, CONFIG_JSON, load_checkpoint
+from lensing.training.model import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -256,7 +256,7 @@ def test_torchrun_val_auc_is_that_of_the_whole_split(one_epoch, ddp_data):
     model = build_model("none")
     model.load_state_dict(best["model"])
     val = LensingDataset(ddp_data, "val", progress=False)
-    probs, labels = predict(model, val, device=torch.device("cpu"), precision="fp32")
+    probs, labels = predict_split(model, val, device=torch.device("cpu"), precision="fp32")
     assert len(labels) == 15
     metrics = compute_metrics(labels, probs, n_bootstrap=0)
     assert entry["val_auc"] == pytest.approx(metrics["auc_macro"], abs=1e-6)

@@ -1,4 +1,5 @@
-"""lensing.download and download_data.py against a local HTTP server serving built archives."""
+"""lensing.data.download and download_data.py against a local HTTP server serving built
+archives."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lensing import archive, download
-from lensing.config import CLASSES
+from lensing.constants import CLASSES
+from lensing.data import archive, download
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -542,7 +543,7 @@ def test_entry_script_is_thin():
     imports = [n for n in tree.body if isinstance(n, ast.ImportFrom)]
     assert [(n.module, [a.name for a in n.names]) for n in imports] == [
         ("pathlib", ["Path"]),
-        ("lensing.download", ["main"]),
+        ("lensing.data.download", ["main"]),
     ]
 
 
@@ -567,7 +568,7 @@ def test_entry_script_uses_its_own_checkout_first(tmp_path):
         REPO / "lensing", copy / "lensing", ignore=shutil.ignore_patterns("__pycache__")
     )
     shutil.copy(REPO / "download_data.py", copy)
-    module = copy / "lensing" / "download.py"
+    module = copy / "lensing" / "data" / "download.py"
     text = module.read_text()
     assert "Download, verify and unpack" in text
     module.write_text(text.replace("Download, verify and unpack", "COPIED CHECKOUT: download"))

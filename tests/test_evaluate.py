@@ -12,15 +12,15 @@ import torch
 from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.metrics import accuracy_score, confusion_matrix, roc_auc_score
 
-from lensing.calibration import fit_temperature, logits_from_probs
-from lensing.checkpoint import load_checkpoint
+from lensing.atomic import atomic_torch_save
 from lensing.cli import main
-from lensing.config import CLASSES
-from lensing.data import LensingDataset
-from lensing.evaluate import evaluate_checkpoint
-from lensing.inference import predict
-from lensing.io import atomic_torch_save
-from lensing.metrics import bootstrap_macro_auc, compute_metrics
+from lensing.constants import CLASSES
+from lensing.data.dataset import LensingDataset
+from lensing.evaluation.calibration import fit_temperature, logits_from_probs
+from lensing.evaluation.evaluate import evaluate_checkpoint
+from lensing.evaluation.inference import predict_split
+from lensing.evaluation.metrics import bootstrap_macro_auc, compute_metrics
+from lensing.training.checkpoint import load_checkpoint
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -175,7 +175,7 @@ def test_negative_bootstrap_count_is_an_error() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_model() -> torch.nn.Module:
-    from lensing.model import build_model
+    from lensing.training.model import build_model
 
     torch.manual_seed(0)
     return build_model("none")
@@ -187,7 +187,7 @@ def test_predict_gives_probabilities_with_and_without_tta(tiny_model) -> None:
     tiny_model.train()
     running_mean = tiny_model.bn1.running_mean.clone()
     for tta in (False, True):
-        probs, got_labels = predict(
+        probs, got_labels = predict_split(
             tiny_model, (images, labels), device="cpu", batch_size=2, tta=tta
         )
         assert probs.shape == (5, 3)
@@ -199,13 +199,13 @@ def test_predict_gives_probabilities_with_and_without_tta(tiny_model) -> None:
 
 
 def test_tta_is_the_mean_over_the_eight_views(tiny_model) -> None:
-    from lensing.augment import d4_views
+    from lensing.data.augment import d4_views
 
     images = torch.rand(3, 1, 48, 48)
     labels = torch.tensor([0, 1, 2])
-    with_tta, _ = predict(tiny_model, (images, labels), device="cpu", tta=True)
+    with_tta, _ = predict_split(tiny_model, (images, labels), device="cpu", tta=True)
     per_view = [
-        predict(tiny_model, (view, labels), device="cpu", tta=False)[0]
+        predict_split(tiny_model, (view, labels), device="cpu", tta=False)[0]
         for view in d4_views(images)
     ]
     assert_allclose(with_tta, np.mean(per_view, axis=0), atol=1e-6)
@@ -219,18 +219,18 @@ def test_tta_changes_nothing_on_a_symmetric_image(tiny_model) -> None:
     ring = torch.from_numpy(np.exp(-((np.sqrt(radius2) - 12) ** 2) / 8)).float()
     images = torch.stack([ring, 1 - ring]).unsqueeze(1)
     labels = torch.tensor([0, 1])
-    plain, _ = predict(tiny_model, (images, labels), device="cpu", tta=False)
-    averaged, _ = predict(tiny_model, (images, labels), device="cpu", tta=True)
+    plain, _ = predict_split(tiny_model, (images, labels), device="cpu", tta=False)
+    averaged, _ = predict_split(tiny_model, (images, labels), device="cpu", tta=True)
     assert_allclose(averaged, plain, atol=1e-5)
 
 
 def test_predict_reads_datasets_in_memory_or_from_files(small_set, tiny_model) -> None:
-    from lensing.data import LensingDataset
+    from lensing.data.dataset import LensingDataset
 
     in_memory = LensingDataset(small_set, "val", progress=False, cache=False)
     from_files = LensingDataset(small_set, "val", in_memory=False, progress=False, cache=False)
-    probs_a, labels_a = predict(tiny_model, in_memory, device="cpu", batch_size=4)
-    probs_b, labels_b = predict(tiny_model, from_files, device="cpu", batch_size=5)
+    probs_a, labels_a = predict_split(tiny_model, in_memory, device="cpu", batch_size=4)
+    probs_b, labels_b = predict_split(tiny_model, from_files, device="cpu", batch_size=5)
     assert probs_a.shape == (6, 3)
     assert_array_equal(labels_a, in_memory.labels.numpy())
     assert_array_equal(labels_a, labels_b)
@@ -239,7 +239,7 @@ def test_predict_reads_datasets_in_memory_or_from_files(small_set, tiny_model) -
 
 def test_predict_rejects_a_bad_batch_size(tiny_model) -> None:
     with pytest.raises(ValueError, match="batch_size"):
-        predict(
+        predict_split(
             tiny_model, (torch.rand(2, 1, 8, 8), torch.tensor([0, 1])), device="cpu", batch_size=0
         )
 
@@ -248,7 +248,7 @@ def test_predict_rejects_a_bad_batch_size(tiny_model) -> None:
 
 
 def write_checkpoint(path: Path, model: torch.nn.Module) -> Path:
-    """A best_model.pth as lensing.train writes it (keys from the contract)."""
+    """A best_model.pth as lensing.training.fit writes it (keys from the contract)."""
     history = [
         {"epoch": 1, "train_loss": 1.1, "val_loss": 1.05, "val_auc": 0.55},
         {"epoch": 2, "train_loss": 0.9, "val_loss": 1.0, "val_auc": 0.61},
@@ -310,7 +310,7 @@ def test_the_temperature_is_fitted_on_val_only_and_stored_with_the_model(
     options = {"device": "cpu", "precision": "fp32", "n_bootstrap": 0, "explain": False}
     metrics = evaluate_checkpoint(small_set, checkpoint, out_dir=tmp_path / "r", **options)
     val = LensingDataset(small_set, "val")
-    probs, labels = predict(tiny_model, val, device="cpu", precision="fp32")
+    probs, labels = predict_split(tiny_model, val, device="cpu", precision="fp32")
     expected = fit_temperature(logits_from_probs(probs), labels)
     assert metrics["calibration"]["temperature"] == pytest.approx(expected, rel=1e-6)
     assert load_checkpoint(checkpoint)["temperature"] == pytest.approx(expected, rel=1e-6)

@@ -11,8 +11,12 @@ import torch
 from matplotlib.figure import Figure
 from numpy.testing import assert_array_equal
 
-from lensing.calibration import apply_temperature, expected_calibration_error, logits_from_probs
-from lensing.explain_plots import (
+from lensing.evaluation.calibration import (
+    apply_temperature,
+    expected_calibration_error,
+    logits_from_probs,
+)
+from lensing.evaluation.figures.explain import (
     most_confident,
     plot_mistakes,
     plot_reliability,
@@ -189,7 +193,7 @@ def test_write_explanations_writes_three_figures(tmp_path) -> None:
 
 
 def test_write_explanations_reads_a_lensing_dataset(small_set, tmp_path) -> None:
-    from lensing.data import LensingDataset
+    from lensing.data.dataset import LensingDataset
 
     dataset = LensingDataset(small_set, "test", progress=False, cache=False, in_memory=False)
     labels = dataset.labels.numpy()

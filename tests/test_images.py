@@ -16,8 +16,9 @@ import pytest
 from astropy.io import fits
 from numpy.testing import assert_allclose
 
-from lensing import imagefile, images
-from lensing.images import (
+from lensing.data.readers import checks
+from lensing.data.readers import image as images
+from lensing.data.readers.image import (
     ImageError,
     ImageRead,
     file_fingerprint,
@@ -231,7 +232,7 @@ def test_fits_refusals(tmp_path, image):
 
 def test_byte_limit(tmp_path, image, monkeypatch):
     path = save(tmp_path / "x.npy", image)
-    monkeypatch.setattr(imagefile, "MAX_FILE_BYTES", 1000)
+    monkeypatch.setattr(checks, "MAX_FILE_BYTES", 1000)
     refused(path, f"file of {path.stat().st_size} bytes; the limit is 1000 bytes")
 
 
@@ -357,14 +358,20 @@ def test_file_fingerprint(tmp_path, image):
 
 
 def test_import_stays_light():
-    code = "import sys, lensing.images; print('astropy' in sys.modules, 'torch' in sys.modules)"
+    code = (
+        "import sys, lensing.data.readers.image; "
+        "print('astropy' in sys.modules, 'torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 
 
-@pytest.mark.parametrize("part", ["lensing.npy", "lensing.fits", "lensing.imagefile"])
+@pytest.mark.parametrize(
+    "part",
+    ["lensing.data.readers.npy", "lensing.data.readers.fits", "lensing.data.readers.checks"],
+)
 def test_format_parts_do_not_import_the_reader(part):
     # images imports npy and fits; were either to import images back, this would be a cycle.
-    code = f"import sys, {part}; print('lensing.images' in sys.modules)"
+    code = f"import sys, {part}; print('lensing.data.readers.image' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False"]

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from lensing.config import CLASSES
+from lensing.cli.simulate import cli
+from lensing.constants import CLASSES
 from lensing.simulate import (
     PRESETS,
-    cli,
     draw_parameters,
     get_preset,
     likeness,

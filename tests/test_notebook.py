@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lensing.config import CLASSES
-from lensing.run import run_notebook
+from lensing.cli.run import run_notebook
+from lensing.constants import CLASSES
 from lensing.simulate import simulate_dataset
 
 pytestmark = pytest.mark.slow
@@ -26,7 +26,9 @@ FIGURE_CELLS = {
     "plots.plot_history(": 1,
     "evaluate.evaluate_checkpoint(": 2,  # ROC curves and confusion matrix
 }
-WEIGHTS_MESSAGE = "no ImageNet weights"  # how lensing.model says it fell back to random weights
+WEIGHTS_MESSAGE = (
+    "no ImageNet weights"  # how lensing.training.model says it fell back to random weights
+)
 TINY_PARAMETERS = {
     "grid": {"early": [1e-4], "middle": [1e-4], "late": [1e-4, 1e-3], "fc": [1e-3]},
     "epochs_per_combination": 1,

@@ -12,8 +12,8 @@ import pytest
 from numpy.lib import format as npy_format
 from numpy.testing import assert_array_equal
 
-from lensing.imagefile import ImageError
-from lensing.npy import read_npy
+from lensing.data.readers.checks import ImageError
+from lensing.data.readers.npy import read_npy
 
 N = 150
 

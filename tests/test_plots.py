@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from lensing.plots import (
+from lensing.evaluation.figures.plots import (
     plot_confusion,
     plot_history,
     plot_roc,
@@ -28,7 +28,7 @@ def assert_png(path: Path) -> None:
 
 
 def test_plot_samples(small_set, tmp_path) -> None:
-    from lensing.data import LensingDataset
+    from lensing.data.dataset import LensingDataset
 
     dataset = LensingDataset(small_set, "train", progress=False, cache=False)
     path = tmp_path / "figures" / "samples.png"
@@ -41,7 +41,7 @@ def test_plot_samples(small_set, tmp_path) -> None:
 
 
 def test_plot_samples_leaves_blank_cells_for_small_classes(small_set, tmp_path) -> None:
-    from lensing.data import LensingDataset
+    from lensing.data.dataset import LensingDataset
 
     dataset = LensingDataset(small_set, "val", progress=False, cache=False)  # 2 per class
     fig = plot_samples(dataset, tmp_path / "samples.png", per_class=4)
@@ -121,7 +121,7 @@ def test_plot_search_heatmap_uses_the_two_most_varied_groups(tmp_path) -> None:
 def test_show_displays_a_figure_or_a_png_file_as_png_bytes(tmp_path, monkeypatch) -> None:
     import IPython.display
 
-    from lensing.display import show
+    from lensing.evaluation.figures.inline import show
 
     shown = []
     monkeypatch.setattr(IPython.display, "display", shown.append)
@@ -138,7 +138,7 @@ def test_show_displays_a_figure_or_a_png_file_as_png_bytes(tmp_path, monkeypatch
 
 
 def test_show_says_what_it_got_when_it_cannot_show_it(tmp_path) -> None:
-    from lensing.display import png_bytes
+    from lensing.evaluation.figures.inline import png_bytes
 
     with pytest.raises(FileNotFoundError, match="no figure at"):
         png_bytes(tmp_path / "missing.png")

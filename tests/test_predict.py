@@ -15,19 +15,19 @@ from astropy.io import fits
 from conftest import write_set
 from numpy.testing import assert_allclose
 
-from lensing.config import CLASSES, IMAGE_SIZE
-from lensing.data import LensingDataset
-from lensing.inference import load_trained_model, predict
-from lensing.io import atomic_torch_save
-from lensing.model import build_model
-from lensing.predict import (
+from lensing.atomic import atomic_torch_save
+from lensing.constants import CLASSES, IMAGE_SIZE
+from lensing.data.dataset import LensingDataset
+from lensing.data.stretch import stretch_of
+from lensing.evaluation.classify import (
     CALIBRATED_COLUMNS,
     PROB_COLUMNS,
     classify_files,
     cli,
     write_predictions,
 )
-from lensing.preprocess import stretch_of
+from lensing.evaluation.inference import load_trained_model, predict_split
+from lensing.training.model import build_model
 
 N = IMAGE_SIZE
 ATOL = 1e-5
@@ -115,7 +115,7 @@ def test_predict_equals_evaluate_on_a_split(tmp_path, checkpoint, tta):
     root = write_set(tmp_path / "set", {"train": 1, "val": 1})
     model, state = load_trained_model(checkpoint)
     dataset = LensingDataset(root, "val", cache=False, progress=False)
-    expected, _ = predict(
+    expected, _ = predict_split(
         model, dataset, device="cpu", precision="fp32", tta=tta, stretch=stretch_of(state)
     )
     frame = classify(checkpoint, root / "val", tta=tta, batch_size=2)

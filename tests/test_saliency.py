@@ -9,7 +9,7 @@ import torch
 from numpy.testing import assert_allclose
 from torch import nn
 
-from lensing.saliency import saliency_maps
+from lensing.evaluation.saliency import saliency_maps
 
 SIZE = 32  # pixels per side of the toy images
 
@@ -97,7 +97,7 @@ def test_map_without_positive_evidence_stays_zero() -> None:
 
 
 def test_resnet_maps_leave_the_model_as_it_was() -> None:
-    from lensing.model import build_model
+    from lensing.training.model import build_model
 
     model = build_model("none").to(memory_format=torch.channels_last)
     model.train()

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from lensing import config, simulate
-from lensing.config import CLASSES, MANIFEST
+from lensing import constants, simulate
+from lensing.cli.simulate import cli
+from lensing.constants import CLASSES, MANIFEST
 from lensing.simulate import (
     DEFAULT_PRESET,
     PRESETS,
-    cli,
     draw_parameters,
     get_preset,
     image_seed,
@@ -96,7 +96,7 @@ def test_manifest_records_preset_seed_counts_and_versions(tiny_set):
 
 
 def test_lensing_dataset_loads_every_file(tiny_set):
-    from lensing.data import LensingDataset, provenance
+    from lensing.data.dataset import LensingDataset, provenance
 
     assert provenance(tiny_set) == "simulated"
     for split, n in TINY.items():
@@ -207,7 +207,7 @@ def test_read_only_output_folder(tmp_path):
 
 def test_refuses_the_real_data_folder(tmp_path, monkeypatch):
     real = tmp_path / "data" / "dataset"
-    monkeypatch.setattr(config, "REAL_DATA_DIR", real)
+    monkeypatch.setattr(constants, "REAL_DATA_DIR", real)
     for out in (real, real / "sub", tmp_path / "data" / "x" / ".." / "dataset"):
         with pytest.raises(ValueError, match="real data folder"):
             make(out)

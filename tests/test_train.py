@@ -12,8 +12,11 @@ import pytest
 import torch
 from conftest import write_set
 
-from lensing.batches import TrainBatches
-from lensing.checkpoint import (
+from lensing.cli import main
+from lensing.constants import CLASSES, LAYER_GROUPS
+from lensing.data.batches import TrainBatches
+from lensing.data.dataset import LensingDataset
+from lensing.training.checkpoint import (
     BEST_MODEL,
     CHECKPOINT,
     CONFIG_JSON,
@@ -21,12 +24,9 @@ from lensing.checkpoint import (
     CheckpointError,
     load_checkpoint,
 )
-from lensing.cli import main
-from lensing.config import CLASSES, LAYER_GROUPS
-from lensing.data import LensingDataset
-from lensing.model import build_model, layer_groups
-from lensing.optim import make_optimizer, make_scheduler
-from lensing.train import TrainConfig, _patience_exhausted, fit
+from lensing.training.fit import TrainConfig, _patience_exhausted, fit
+from lensing.training.model import build_model, layer_groups
+from lensing.training.optim import make_optimizer, make_scheduler
 
 
 def cli(argv: list[str]) -> int:

@@ -1,7 +1,7 @@
 """Resumable grid search over the four layer groups' learning rates (Optuna on RDB storage).
 
 Every combination of the grid is one Optuna trial, queued once, trained by
-:func:`lensing.train.fit` and scored by its best validation macro AUC. The study lives in an
+:func:`lensing.training.fit.fit` and scored by its best validation macro AUC. The study lives in an
 SQLAlchemy database (``sqlite:///<out>/grid_search.db`` by default), so the search survives
 anything that stops the process:
 
@@ -23,10 +23,12 @@ anything that stops the process:
 The modules: ``grid`` (the grid file and :class:`Combo`), ``storage`` (the database),
 ``queueing`` (opening a study, its queue), ``study`` (reading it: :func:`results_table`),
 ``recovery`` (dead workers, corrupt checkpoints), ``worker`` (the objective and the loop),
-``publish`` (the best model, :func:`continue_training`), ``runner`` (:func:`run_search`).
+``publish`` (the best model, :func:`continue_training`), ``driver``
+(:func:`run_search`), ``dashboard`` (optuna-dashboard over the study).
 ``python -m lensing search`` is parsed in ``lensing.cli``.
 """
 
+from lensing.search.driver import DEFAULT_EPOCHS, run_search
 from lensing.search.grid import (
     DEFAULT_GRID,
     Combo,
@@ -40,7 +42,6 @@ from lensing.search.grid import (
 from lensing.search.publish import continue_training, publish_best, trials_dir
 from lensing.search.queueing import SearchError, check_study, make_pruner, open_study
 from lensing.search.recovery import fail_dead_trials, quarantine, requeue
-from lensing.search.runner import DEFAULT_EPOCHS, run_search
 from lensing.search.storage import (
     GRACE_PERIOD_S,
     HEARTBEAT_INTERVAL_S,

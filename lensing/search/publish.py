@@ -15,12 +15,12 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from lensing.checkpoint import BEST_MODEL, BEST_PARAMS, CHECKPOINT, load_checkpoint
-from lensing.config import CLASSES, MODELS_DIR
-from lensing.io import atomic_torch_save, atomic_write_json
+from lensing.atomic import atomic_torch_save, atomic_write_json
+from lensing.constants import CLASSES, MODELS_DIR
 from lensing.search.grid import Combo
 from lensing.search.study import is_duplicate
-from lensing.train import TrainConfig, fit
+from lensing.training.checkpoint import BEST_MODEL, BEST_PARAMS, CHECKPOINT, load_checkpoint
+from lensing.training.fit import TrainConfig, fit
 
 
 def trials_dir(out_dir: str | Path, study_name: str) -> Path:

@@ -3,7 +3,7 @@
 ``torchrun --nproc_per_node=N -m lensing search ...`` starts N processes. Rank 0 is the
 search worker: it talks to the study, takes combinations, reports epochs and records the
 result. Before each ``fit`` it sends the combination's TrainConfig to the other ranks
-(``share_config``), and every rank then trains it together (``lensing.train.fit`` under a
+(``share_config``), and every rank then trains it together (``lensing.training.fit.fit`` under a
 process group). The other ranks run ``follow``: they wait for a config, train it, and wait for
 the next, until rank 0 sends None at the end of the search. Several such workers (one torchrun
 per machine or per GPU set) share one study on a PostgreSQL server like plain workers.
@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lensing import distributed
-from lensing.checkpoint import CheckpointError
-from lensing.data import load_splits
-from lensing.train import TrainConfig, fit
+from lensing.data.dataset import load_splits
+from lensing.training import distributed
+from lensing.training.checkpoint import CheckpointError
+from lensing.training.fit import TrainConfig, fit
 
 
 def share_config(config: TrainConfig | None) -> None:

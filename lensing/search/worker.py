@@ -1,6 +1,6 @@
 """One worker of a search: it takes queued combinations one at a time and trains each.
 
-Each combination trains with :func:`lensing.train.fit` in ``<out>/trials/<study>/<key>/``,
+Each combination trains with :func:`lensing.training.fit.fit` in ``<out>/trials/<study>/<key>/``,
 which keeps a rolling checkpoint every epoch, and reports its validation AUC after every epoch
 (``trial.report``), so a pruner can stop a lagging one. A retried trial has the same learning
 rates, so it lands in the same folder and resumes from the last finished epoch. While a trial
@@ -24,16 +24,16 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from lensing.checkpoint import CheckpointError
-from lensing.config import CLASSES, LAYER_GROUPS
-from lensing.data import load_splits
+from lensing.constants import CLASSES, LAYER_GROUPS
+from lensing.data.dataset import load_splits
 from lensing.search.grid import Combo, grid_combos, grid_size
 from lensing.search.publish import publish_best, trials_dir
 from lensing.search.queueing import holder
 from lensing.search.ranks import share_config
 from lensing.search.recovery import HOST, fail_dead_trials, quarantine, requeue
 from lensing.search.study import combos_by_state, trial_combo
-from lensing.train import TrainConfig, fit
+from lensing.training.checkpoint import CheckpointError
+from lensing.training.fit import TrainConfig, fit
 
 
 @dataclasses.dataclass

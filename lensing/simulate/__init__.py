@@ -7,29 +7,29 @@ with the real Test I set. The modules, one concept each:
 - :mod:`~lensing.simulate.presets`: the named presets (``test-i``, the default, and
   ``legacy``), dataclasses of documented parameters with units;
 - :mod:`~lensing.simulate.draw`: drawing one image's lens, source and substructure;
-- :mod:`~lensing.simulate.recipe`: the physics (lenstronomy models, rendering, noise,
+- :mod:`~lensing.simulate.physics`: the physics (lenstronomy models, rendering, noise,
   normalization);
 - :mod:`~lensing.simulate.writer`: the data set on disk (layout, manifest, workers, resume);
-- :mod:`~lensing.simulate.likeness`: the statistics that compare a set with the real one;
-- :mod:`~lensing.simulate.command`: the command line.
+- :mod:`~lensing.simulate.likeness`: the statistics that compare a set with the real one.
+
+Its command line is :mod:`lensing.cli.simulate`.
 """
 
-from lensing.simulate.command import cli, get_args_parser
 from lensing.simulate.draw import draw_parameters, sample_masses
 from lensing.simulate.likeness import likeness, likeness_table
-from lensing.simulate.presets import (
-    DEFAULT_PRESET,
-    PRESETS,
-    LegacyPreset,
-    LookalikePreset,
-    Preset,
-    get_preset,
-)
-from lensing.simulate.recipe import (
+from lensing.simulate.physics import (
     normalize,
     point_mass_theta_e,
     render,
     sigma_crit_angle,
+)
+from lensing.simulate.presets import (
+    DEFAULT_PRESET,
+    PRESETS,
+    LegacyPreset,
+    Preset,
+    TestIPreset,
+    get_preset,
 )
 from lensing.simulate.writer import (
     IMAGE_SHAPE,
@@ -44,11 +44,9 @@ __all__ = [
     "IMAGE_SHAPE",
     "PRESETS",
     "LegacyPreset",
-    "LookalikePreset",
+    "TestIPreset",
     "Preset",
-    "cli",
     "draw_parameters",
-    "get_args_parser",
     "get_preset",
     "image_seed",
     "is_valid_image",

@@ -13,16 +13,16 @@ import math
 
 import numpy as np
 
-from lensing.config import CLASSES
+from lensing.constants import CLASSES
+from lensing.simulate.physics import point_mass_theta_e
 from lensing.simulate.presets import (
     DEFAULT_PRESET,
     PRESETS,
     LegacyPreset,
-    LookalikePreset,
     Preset,
     Range,
+    TestIPreset,
 )
-from lensing.simulate.recipe import point_mass_theta_e
 
 
 def _uniform(rng: np.random.Generator, bounds: Range, size: int | None = None):
@@ -185,7 +185,7 @@ def _substructure(
     return masses
 
 
-def _lookalike_smooth(rng: np.random.Generator, preset: LookalikePreset) -> tuple[list, list]:
+def _test_i_smooth(rng: np.random.Generator, preset: TestIPreset) -> tuple[list, list]:
     """SIE + SHEAR kwargs and the source of a ``test-i`` image (no lens light)."""
     from lenstronomy.Util import param_util
 
@@ -214,8 +214,8 @@ def _lookalike_smooth(rng: np.random.Generator, preset: LookalikePreset) -> tupl
     return lens, [*source, halo]
 
 
-def _draw_lookalike(class_name: str, rng: np.random.Generator, preset: LookalikePreset) -> dict:
-    lens, source = _lookalike_smooth(rng, preset)
+def _draw_test_i(class_name: str, rng: np.random.Generator, preset: TestIPreset) -> dict:
+    lens, source = _test_i_smooth(rng, preset)
     peak_counts = _uniform(rng, preset.peak_counts)
     top = preset.substructure_mass
     masses = np.zeros(0)
@@ -240,6 +240,6 @@ def draw_parameters(
         raise ValueError(f"unknown class {class_name!r}; expected one of {CLASSES}")
     if isinstance(preset, LegacyPreset):
         return _draw_legacy(class_name, rng, preset)
-    if isinstance(preset, LookalikePreset):
-        return _draw_lookalike(class_name, rng, preset)
+    if isinstance(preset, TestIPreset):
+        return _draw_test_i(class_name, rng, preset)
     raise ValueError(f"preset of type {type(preset).__name__}; expected a preset of PRESETS")

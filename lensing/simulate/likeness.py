@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lensing.config import CLASSES, IMAGE_SIZE
+from lensing.constants import CLASSES, IMAGE_SIZE
 
 CORNER = 15  # px, side of each corner square
 CENTRE_RADIUS = 3.0  # px

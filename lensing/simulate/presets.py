@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from lensing.config import IMAGE_SIZE
+from lensing.constants import IMAGE_SIZE
 
 Range = tuple[float, float]
 
@@ -92,7 +92,7 @@ class LegacyPreset(Instrument):
 
 
 @dataclass(frozen=True)
-class LookalikePreset(Instrument):
+class TestIPreset(Instrument):
     """Looks like the real Test I set; see the field comments for each parameter's unit.
 
     The ring's shape comes from the main lens alone (no lens light): an SIE plus external shear,
@@ -141,9 +141,9 @@ class LookalikePreset(Instrument):
     compensation_sigma: float = 0.3  # arcsec, width of each clump's negative Gaussian mass
 
 
-Preset = LegacyPreset | LookalikePreset
+Preset = LegacyPreset | TestIPreset
 
-PRESETS: dict[str, Preset] = {"legacy": LegacyPreset(), "test-i": LookalikePreset()}
+PRESETS: dict[str, Preset] = {"legacy": LegacyPreset(), "test-i": TestIPreset()}
 DEFAULT_PRESET = "test-i"
 
 

@@ -22,19 +22,19 @@ from pathlib import Path
 
 import numpy as np
 
-from lensing import config
-from lensing.config import CLASSES, IMAGE_SIZE, MANIFEST, SPLITS
-from lensing.io import atomic_save_npy, atomic_write_json
+from lensing import constants
+from lensing.atomic import atomic_save_npy, atomic_write_json
+from lensing.constants import CLASSES, IMAGE_SIZE, MANIFEST, SPLITS
 from lensing.simulate.draw import draw_parameters
+from lensing.simulate.physics import normalize, render
 from lensing.simulate.presets import (
     DEFAULT_PRESET,
     PRESETS,
-    LookalikePreset,
     Preset,
+    TestIPreset,
     get_preset,
     preset_name,
 )
-from lensing.simulate.recipe import normalize, render
 
 IMAGE_SHAPE = (1, IMAGE_SIZE, IMAGE_SIZE)
 
@@ -44,7 +44,7 @@ def simulate_image(
 ) -> np.ndarray:
     """One noisy, normalized image of class ``class_name`` (one of CLASSES) drawn with ``rng``
     from ``preset`` (default: the default preset): float64 (1, size, size), min 0, max 1."""
-    if isinstance(preset, LookalikePreset):
+    if isinstance(preset, TestIPreset):
         # Separate streams for the lens and for the noise: with one seed the three classes get
         # the same smooth lens and the same noise, and differ by the substructure alone.
         draw_rng, noise_rng = rng.spawn(2)
@@ -109,12 +109,12 @@ def _check_counts(counts: dict[str, int]) -> dict[str, int]:
 
 def _check_out(out: Path) -> None:
     """Refuse outputs that are files, unwritable, or hold (or are) the real data set."""
-    real = Path(config.REAL_DATA_DIR).resolve()
+    real = Path(constants.REAL_DATA_DIR).resolve()
     resolved = out.resolve()
     if resolved == real or real in resolved.parents:
         raise ValueError(
             f"output {str(out)!r} is the real data folder {str(real)!r}; simulated sets go "
-            f"elsewhere (default {str(config.SIMULATED_DATA_DIR)!r}): real and simulated data "
+            f"elsewhere (default {str(constants.SIMULATED_DATA_DIR)!r}): real and simulated data "
             "are never mixed"
         )
     if out.exists() and not out.is_dir():

@@ -1,0 +1,271 @@
+"""Classifying image files with a trained model, one CSV row per file.
+
+``python -m lensing predict [--checkpoint models/best_model.pth] INPUT... [--out
+predictions.csv] [--tta] [--batch-size N] [--device D] [--precision P] [--hdu N|NAME]
+[--resize] [--fill-nonfinite] [--no-progress]``
+
+INPUTs are image files (``.npy``, ``.fits``, ``.fit``, ``.fits.gz``) and folders, searched
+recursively (:func:`lensing.data.readers.image.find_images`). Every file gets a row: ``path``,
+``predicted`` (a class name), ``p_no``, ``p_sphere``, ``p_vort`` (summing to 1), then
+``pc_no``, ``pc_sphere``, ``pc_vort`` when the checkpoint holds a fitted ``temperature``
+(softmax(log p / T), T applied as stored, whether it was fitted with TTA or without), then
+``error`` (why the file could not be classified; empty when it was) and ``notes`` (what was
+done to its pixels: filled, resampled; usually empty). A file that cannot be classified never
+stops the run. Images are read and classified a batch at a time, so memory follows
+``--batch-size``, not the number of files. The checkpoint's input stretch is applied, so a
+file's probabilities are those ``evaluate`` computes for the same image at the same precision.
+
+Exit codes: 0 every input got its row (refused files included); 1 the checkpoint could not be
+used, no image file was found, or the CSV could not be written; 2 a bad option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lensing.atomic import atomic_write_bytes
+from lensing.constants import CLASSES, IMAGE_SIZE, MODELS_DIR, PRECISIONS
+from lensing.data.readers.image import (
+    NOTE_FILLED,
+    NOTE_RESAMPLED,
+    ImageError,
+    find_images,
+    read_image,
+)
+from lensing.data.stretch import stretch_of
+from lensing.evaluation.calibration import apply_temperature, logits_from_probs
+from lensing.evaluation.inference import batch_probabilities, load_trained_model
+from lensing.progress import bar
+from lensing.runtime import pick_device, resolve_precision
+from lensing.training.checkpoint import CheckpointError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DEFAULT_CHECKPOINT = MODELS_DIR / "best_model.pth"
+DEFAULT_OUT = "predictions.csv"
+PROB_COLUMNS = tuple(f"p_{name}" for name in CLASSES)
+CALIBRATED_COLUMNS = tuple(f"pc_{name}" for name in CLASSES)
+
+
+def classify_files(
+    checkpoint: str | Path,
+    inputs: str | Path | Sequence[str | Path],
+    *,
+    tta: bool = False,
+    batch_size: int = 64,
+    device: str | torch.device = "auto",
+    precision: str = "auto",
+    hdu: int | str | None = None,
+    fill_nonfinite: bool = False,
+    resize: bool = False,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Class probabilities of every image file under ``inputs``, one row per file.
+
+    Parameters
+    ----------
+    checkpoint: a ``best_model.pth`` written by training (``load_trained_model``).
+    inputs: a file or folder, or a list of them; folders are searched recursively.
+    tta: average over the 8 rotations and flips of each image (8 times the work).
+    batch_size: images read and classified at once (int >= 1); bounds the memory used.
+    device: "auto", "cpu", "cuda[:N]", "mps" or a torch.device.
+    precision: one of ``config.PRECISIONS`` ("auto": bf16 where native, else fp32).
+    hdu, fill_nonfinite, resize: how files are read (see
+            ``lensing.data.readers.image.read_image``).
+    progress: show a progress bar when there is more than one batch.
+
+    Returns
+    -------
+    DataFrame with the columns of the module docstring, in the order ``find_images`` lists
+    the files, then one row per problem it met (missing input, FIFO, symlink loop, ...).
+    Probabilities are float64 and NaN, ``predicted`` empty, on a row with an ``error``.
+    Raises CheckpointError or ValueError when the checkpoint cannot be used, ValueError for a
+    bad argument.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size {batch_size!r}; expected an int >= 1")
+    torch_device = pick_device(device) if isinstance(device, str) else device
+    precision = resolve_precision(precision, torch_device)
+    model, state = load_trained_model(checkpoint)
+    model.to(torch_device).eval()
+    temperature = checkpoint_temperature(state)
+    files, problems = find_images(
+        inputs if isinstance(inputs, str | os.PathLike) else list(inputs)
+    )
+    read_options = {"hdu": hdu, "fill_nonfinite": fill_nonfinite, "resize": resize}
+    chunks = range(0, len(files), batch_size)
+    shown = bar(
+        chunks,
+        enabled=progress and len(chunks) > 1,
+        total=len(chunks),
+        unit="batch",
+        desc=f"predicting {len(files)} files",
+    )
+    rows: list[dict[str, Any]] = []
+    with torch.inference_mode():
+        for start in shown:
+            batch = files[start : start + batch_size]
+            rows += _classify_batch(
+                model, batch, read_options, state, torch_device, precision, tta
+            )
+    rows += [_refused_row(path, reason) for path, reason in problems]
+    return _frame(rows, temperature)
+
+
+def checkpoint_temperature(state: dict[str, Any]) -> float | None:
+    """The softmax temperature a checkpoint holds (fitted on validation by ``evaluate``), or
+    None when it holds none or one that is not a finite number > 0."""
+    value = state.get("temperature")
+    if isinstance(value, bool) or not isinstance(value, int | float | np.floating):
+        return None
+    return float(value) if math.isfinite(value) and value > 0 else None
+
+
+def write_predictions(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write ``frame`` as CSV (no index; NaN as empty; floats in full precision) atomically:
+    ``path`` is either its old whole self or the new whole file. Returns the path."""
+    text = frame.to_csv(index=False, lineterminator="\n")
+    return atomic_write_bytes(path, text.encode())
+
+
+def summary_line(frame: pd.DataFrame) -> str:
+    """One line: how many files were classified and refused, the count per predicted class,
+    and how many were resized or had pixels filled."""
+    refused = int((frame["error"] != "").sum())
+    counts = frame["predicted"].value_counts()
+    per_class = ", ".join(f"{name} {int(counts.get(name, 0))}" for name in CLASSES)
+    notes = frame["notes"].str.split("; ")
+    resized = int(notes.map(lambda ns: any(n.startswith(NOTE_RESAMPLED) for n in ns)).sum())
+    filled = int(notes.map(lambda ns: any(n.startswith(NOTE_FILLED) for n in ns)).sum())
+    return (
+        f"classified {len(frame) - refused} of {len(frame)} files, {refused} refused; "
+        f"predicted {per_class}; {resized} resized, {filled} with non-finite pixels filled"
+    )
+
+
+def _classify_batch(model, paths, read_options, state, device, precision, tta) -> list[dict]:
+    """The rows of one batch of files: read each, classify those that could be read."""
+    rows, arrays, read_rows = [], [], []
+    for path in paths:
+        try:
+            read = read_image(path, **read_options)
+        except ImageError as err:
+            rows.append(_refused_row(path, err.reason))
+            continue
+        row = {"path": str(path), "predicted": "", "error": "", "notes": "; ".join(read.notes)}
+        rows.append(row)
+        arrays.append(read.array)
+        read_rows.append(row)
+    if arrays:
+        images = torch.from_numpy(np.stack(arrays)).reshape(-1, 1, IMAGE_SIZE, IMAGE_SIZE)
+        probs = batch_probabilities(model, images, device, precision, tta, stretch_of(state))
+        for row, p in zip(read_rows, probs.cpu().numpy(), strict=True):
+            row["predicted"] = CLASSES[int(np.argmax(p))]
+            row.update(zip(PROB_COLUMNS, p.tolist(), strict=True))
+    return rows
+
+
+def _refused_row(path: Path, reason: str) -> dict[str, Any]:
+    return {"path": str(path), "predicted": "", "error": reason, "notes": ""}
+
+
+def _frame(rows: list[dict[str, Any]], temperature: float | None) -> pd.DataFrame:
+    """The rows as a DataFrame with the columns in order, calibrated ones added when known."""
+    frame = pd.DataFrame(rows, columns=["path", "predicted", *PROB_COLUMNS, "error", "notes"])
+    frame[list(PROB_COLUMNS)] = frame[list(PROB_COLUMNS)].astype(np.float64)
+    if temperature is not None:
+        probs = frame[list(PROB_COLUMNS)].to_numpy()
+        calibrated = np.full_like(probs, np.nan)
+        ok = ~np.isnan(probs).any(axis=1)
+        if ok.any():
+            calibrated[ok] = apply_temperature(logits_from_probs(probs[ok]), temperature)
+        for i, column in enumerate(CALIBRATED_COLUMNS):
+            frame.insert(frame.columns.get_loc("error"), column, calibrated[:, i])
+    return frame
+
+
+def _hdu(text: str) -> int | str:
+    return int(text) if text.isdigit() else text
+
+
+def _batch_size(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}; expected an int >= 1")
+    return value
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """The options of ``python -m lensing predict`` (see the module docstring)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m lensing predict",
+        description="Classify image files (.npy, FITS) with a trained model into a CSV.",
+    )
+    add = parser.add_argument
+    add("inputs", nargs="+", metavar="INPUT", help="image files and folders (searched deeply)")
+    add("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="model (%(default)s)")
+    add("--out", type=Path, default=Path(DEFAULT_OUT), help="CSV to write (%(default)s)")
+    add("--tta", action="store_true", help="average over the 8 rotations and flips")
+    add("--batch-size", type=_batch_size, default=64, help="images at once (%(default)s)")
+    add("--device", default="auto", help="auto, cpu, cuda[:N] or mps (%(default)s)")
+    add(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="auto: bf16 on CPUs with native bf16 and on GPUs, else fp32 (%(default)s)",
+    )
+    add("--hdu", type=_hdu, help="FITS HDU index or EXTNAME (default: first with an image)")
+    add("--resize", action="store_true", help="resample images that are not 150x150")
+    add(
+        "--fill-nonfinite",
+        action="store_true",
+        help="replace NaN and inf pixels with the finite minimum instead of refusing the file",
+    )
+    add("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Run ``python -m lensing predict ARGV``; returns the exit code (module docstring)."""
+    args = get_args_parser().parse_args(argv)
+    try:
+        device = pick_device(args.device)
+        precision = resolve_precision(args.precision, device)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        frame = classify_files(
+            args.checkpoint,
+            args.inputs,
+            tta=args.tta,
+            batch_size=args.batch_size,
+            device=device,
+            precision=precision,
+            hdu=args.hdu,
+            fill_nonfinite=args.fill_nonfinite,
+            resize=args.resize,
+            progress=not args.no_progress,
+        )
+    except (CheckpointError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    if frame.empty:
+        print(f"error: no image file under {', '.join(args.inputs)}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        write_predictions(frame, args.out)
+    except OSError as err:
+        print(f"error: cannot write {args.out}: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{summary_line(frame)}; wrote {args.out}")
+    return EXIT_OK

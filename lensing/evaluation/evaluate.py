@@ -1,0 +1,174 @@
+"""Evaluating a saved model on one split: checkpoint -> probabilities -> metrics -> files.
+
+``python -m lensing evaluate --data DIR --checkpoint FILE [--split test] [--out reports] [--tta]
+[--no-explain]`` writes ``<out>/metrics.json`` and ``<out>/figures/``: ROC curves, confusion
+matrix, training history, the reliability diagram before and after temperature scaling, the
+most confident mistakes and (unless --no-explain) class-activation maps; it prints a markdown
+table of the numbers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lensing.atomic import atomic_torch_save, atomic_write_json
+from lensing.constants import CLASSES, REPORTS_DIR
+from lensing.data.dataset import LensingDataset, provenance
+from lensing.data.stretch import stretch_of
+from lensing.evaluation.calibration import fit_temperature, logits_from_probs
+from lensing.evaluation.figures.explain import write_explanations
+from lensing.evaluation.figures.plots import plot_confusion, plot_history, plot_roc
+from lensing.evaluation.inference import load_trained_model, predict_split
+from lensing.evaluation.metrics import compute_metrics
+from lensing.runtime import pick_device, resolve_precision
+
+METRICS_JSON = "metrics.json"
+CALIBRATION_KEYS = ("ece", "ece_calibrated", "temperature")
+
+
+def evaluate_checkpoint(
+    data_dir: str | Path,
+    checkpoint: str | Path,
+    split: str = "test",
+    out_dir: str | Path = REPORTS_DIR,
+    tta: bool = False,
+    batch_size: int = 256,
+    device: str = "auto",
+    precision: str = "auto",
+    n_bootstrap: int = 1000,
+    explain: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a saved model on one split and write its metrics and figures.
+
+    Parameters
+    ----------
+    data_dir: data set root (``train/``, ``val/``, optionally ``test/``).
+    checkpoint: a ``best_model.pth`` or rolling ``checkpoint.pth`` (key ``model`` holds the
+        state_dict).
+    split: "train", "val" or "test".
+    out_dir: where ``metrics.json`` and ``figures/`` go.
+    tta: average predictions over the 8 rotations and flips.
+    batch_size, device, precision: see ``lensing.evaluation.inference.predict``.
+    n_bootstrap: resamples for the macro AUC's 95% interval.
+    explain: also draw the class-activation maps (``figures/saliency.png``).
+
+    Returns
+    -------
+    The metrics dict of ``compute_metrics`` plus ``data`` (the data's provenance),
+    ``pretrained`` (bool, or None when the checkpoint does not say), ``split``, ``n_images``,
+    ``checkpoint`` (path), ``tta``, ``precision`` and ``calibration`` ({ece, ece_calibrated,
+    temperature}: the expected calibration error before and after temperature scaling, the
+    temperature fitted on the validation split and stored in the checkpoint for ``predict``).
+    """
+    out_dir = Path(out_dir)
+    model, state = load_trained_model(checkpoint)
+    torch_device = pick_device(device)
+    options = {
+        "device": torch_device,
+        "batch_size": batch_size,
+        "precision": resolve_precision(precision, torch_device),
+        "tta": tta,
+        "stretch": stretch_of(state),
+    }
+    dataset = LensingDataset(data_dir, split)
+    probs, labels = predict_split(model, dataset, **options)
+    metrics = compute_metrics(labels, probs, classes=CLASSES, n_bootstrap=n_bootstrap)
+    metrics.update(
+        data=provenance(data_dir),
+        pretrained=was_pretrained(state),
+        split=split,
+        n_images=int(len(labels)),
+        checkpoint=str(checkpoint),
+        tta=bool(tta),
+        precision=options["precision"],
+    )
+    temperature = validation_temperature(model, state, checkpoint, data_dir, options)
+    figures = out_dir / "figures"
+    summary = write_explanations(
+        model,
+        dataset,
+        labels,
+        probs,
+        figures,
+        temperature=temperature,
+        saliency=explain,
+        stretch=options["stretch"],
+    )
+    metrics["calibration"] = {key: summary[key] for key in CALIBRATION_KEYS}
+    atomic_write_json(out_dir / METRICS_JSON, metrics)
+    plot_roc(labels, probs, figures / "roc.png", classes=CLASSES)
+    plot_confusion(metrics["confusion_matrix"], figures / "confusion_matrix.png", classes=CLASSES)
+    if state.get("history"):
+        plot_history(state["history"], figures / "training_history.png")
+    return metrics
+
+
+def validation_temperature(
+    model: torch.nn.Module,
+    state: dict[str, Any],
+    checkpoint: str | Path,
+    data_dir: str | Path,
+    options: dict[str, Any],
+) -> float:
+    """The softmax temperature fitted on the validation split (never the test split).
+
+    It is stored in the checkpoint (``temperature``, with the ``temperature_tta`` it was fitted
+    with), written atomically, so ``predict`` reports calibrated probabilities too; a stored
+    one fitted the same way is reused.
+    """
+    if state.get("temperature_tta") == bool(options["tta"]) and "temperature" in state:
+        return float(state["temperature"])
+    probs, labels = predict_split(model, LensingDataset(data_dir, "val"), **options)
+    temperature = fit_temperature(logits_from_probs(probs), labels)
+    state |= {"temperature": temperature, "temperature_tta": bool(options["tta"])}
+    atomic_torch_save(state, checkpoint)
+    return temperature
+
+
+def was_pretrained(state: dict[str, Any]) -> bool | None:
+    """Whether a checkpoint's model started from ImageNet weights; None when it cannot say."""
+    value = state.get("pretrained")
+    if isinstance(value, bool):
+        return value
+    config = state.get("config") or {}
+    if isinstance(config, dict) and config.get("pretrained") == "none":
+        return False
+    # A config that asked for weights may have fallen back to random init; only the
+    # checkpoint's own flag can say, and it is absent.
+    return None
+
+
+def format_markdown(metrics: dict[str, Any]) -> str:
+    """The metrics as two markdown tables: AUCs and accuracy, then the confusion matrix."""
+    classes = metrics.get("classes") or list(CLASSES)
+    ci = metrics.get("auc_macro_ci95")
+    macro = f"{metrics['auc_macro']:.4f}"
+    if ci:
+        macro += f" (95% CI {ci[0]:.4f}-{ci[1]:.4f})"
+    lines = [
+        f"{metrics.get('split', '?')} split, {metrics.get('n_images', '?')} images, "
+        f"{metrics.get('data', '?')} data" + (", TTA" if metrics.get("tta") else ""),
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| AUC macro | {macro} |",
+    ]
+    lines += [f"| AUC {name} | {auc:.4f} |" for name, auc in metrics["auc_per_class"].items()]
+    lines += [f"| accuracy | {metrics['accuracy']:.4f} |"]
+    calibration = metrics.get("calibration")
+    if calibration:
+        lines.append(
+            f"| ECE (15 bins) | {calibration['ece']:.4f}, after temperature "
+            f"{calibration['temperature']:.2f}: {calibration['ece_calibrated']:.4f} |"
+        )
+    lines.append("")
+    lines += [
+        "| true \\ predicted | " + " | ".join(classes) + " |",
+        "|---|" + "---|" * len(classes),
+    ]
+    for name, row in zip(classes, metrics["confusion_matrix"], strict=True):
+        lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
+    return "\n".join(lines)
