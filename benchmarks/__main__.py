@@ -1,16 +1,18 @@
-"""Benchmarks against the seed recipe: ``python -m benchmarks [--full] [--out FILE]``.
+"""Benchmarks against the seed notebook: ``python -m benchmarks [--full] [--out FILE]``.
 
-Runs, in order (``--only`` picks some):
+Runs, in order (``--only`` picks some; ``BENCHMARKS`` names them, ``MEASURES`` runs them):
 
-- ``speed``: training images/s, the seed pipeline against the package's
-  (``lensing.training.fit``), and against the
-  model alone (``train_speedup_vs_seed``, ``pipeline_efficiency``);
+- ``speed``: training images/s, the seed notebook's pipeline against the package's
+  (``lensing.training.fit``), and against the model alone (``train_speedup_vs_seed``,
+  ``pipeline_efficiency``; ``benchmarks.speed``);
 - ``recipes``: test AUC of the training recipes at the main job's budget (``recipes``): the
-  seed notebook's against the package default, over seeds (``benchmarks.recipes``);
-- ``quality``: test AUC of the seed notebook's own pipeline against ours (``quality``);
-- ``search``: the full grid against pruned searches (``search_cost``);
-- ``simulate``: simulator images/s (``simulate_images_per_s``);
-- ``load``: cold and cached load time of a 30,000-image split (``load_seconds``).
+  seed notebook's against the package default, over seeds (``benchmarks.compare_recipes``);
+- ``quality``: test AUC of the seed notebook's own pipeline against ours (``quality``;
+  ``benchmarks.quality``);
+- ``search``: the full grid against pruned searches (``search_cost``; ``benchmarks.search_cost``);
+- ``simulate``: simulator images/s (``simulate_images_per_s``; ``benchmarks.data_speed``);
+- ``load``: cold and cached load time of a 30,000-image split (``load_seconds``;
+  ``benchmarks.data_speed``).
 
 Each prints a markdown table on stdout (progress goes to stderr) and the results, with the
 machine they ran on, are written to ``reports/benchmarks.json`` after every benchmark, so an
@@ -27,6 +29,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +45,10 @@ from benchmarks.common import (
 from lensing.atomic import atomic_write_json
 from lensing.constants import DATA_DIR, REPORTS_DIR
 
-BENCHMARKS = ("speed", "recipes", "quality", "search", "simulate", "load")
+BENCHMARKS = ("speed", "recipes", "quality", "search", "simulate", "load")  # in running order
+NEEDS_SPLITS = {"speed", "recipes", "quality", "search"}  # those that train on the simulated set
+# What each benchmark's function returns: (the entries it adds to benchmarks.json, its table).
+Measured = tuple[dict[str, Any], str]
 TARGETS = {  # key: (threshold, "min" = at least, "max" = at most)
     "train_speedup_vs_seed": (5.0, "min"),
     "pipeline_efficiency": (0.90, "min"),
@@ -52,7 +58,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "quick": {
         "benchmarks": ("speed", "recipes", "simulate", "load"),
         "sim_dir": BENCH_SIM_DIR,
-        # Images per class: the main job's quick profile (lensing/run.py), so the recipes are
+        # Images per class: the main job's quick profile (lensing/cli/run.py), so the recipes are
         # compared at the budget a user's first run has.
         "sim_counts": {"train": 400, "val": 100, "test": 150},
         "batch_size": 32,
@@ -96,7 +102,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="Speed and quality of the package against the seed notebook recipe. "
+        description="Speed and quality of the package against the seed notebook. "
         "Writes a JSON report and prints markdown tables.",
     )
     parser.add_argument("--full", action="store_true", help="the long profile (larger sets)")
@@ -137,17 +143,11 @@ def _targets(results: dict[str, Any]) -> dict[str, Any]:
     return checked
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Run the chosen benchmarks, writing ``args.out`` after each; returns the results."""
-    from lensing.data.dataset import load_splits
-
     profile_name = "full" if args.full else "quick"
     profile = PROFILES[profile_name]
-    only = args.only or ",".join(profile["benchmarks"])
-    chosen = [name.strip() for name in only.split(",") if name.strip()]
-    unknown = sorted(set(chosen) - set(BENCHMARKS))
-    if unknown:
-        raise ValueError(f"unknown benchmark(s) {unknown}; expected some of {BENCHMARKS}")
+    chosen = _chosen(args.only or ",".join(profile["benchmarks"]))
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads {args.threads}; expected >= 1")
@@ -160,7 +160,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "command": "python -m benchmarks " + " ".join(sys.argv[1:]),
         "machine": machine(),
     }
-    tables: list[str] = []
     started = time.perf_counter()
 
     def save() -> None:
@@ -170,89 +169,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results["machine"]["load_average_at_end"] = list(os.getloadavg())
         atomic_write_json(args.out, results)
 
-    def show(table: str) -> None:
-        tables.append(table)
-        print(table + "\n", flush=True)
-
-    splits = None
-    if {"speed", "recipes", "quality", "search"} & set(chosen):
-        ensure_sim_set(profile["sim_dir"], profile["sim_counts"])
-        splits = load_splits(profile["sim_dir"], progress=False)
-
-    if "speed" in chosen:
-        from benchmarks.speed import run_speed, speed_table
-
-        speed = run_speed(
-            splits["train"],
-            batch_size=profile["batch_size"],
-            steps=profile["speed_steps"],
-            warmup=profile["speed_warmup"],
-            repeats=profile["speed_repeats"],
-            compile_model=profile["speed_compile"],
-            thread_counts=(1,),
-        )
-        results["speed"] = speed
-        results["train_speedup_vs_seed"] = speed["train_speedup_vs_seed"]
-        results["pipeline_efficiency"] = speed["pipeline_efficiency"]
-        save()
-        show(speed_table(speed))
-
-    if "recipes" in chosen:
-        results["recipes"] = _run_recipes(profile, splits, show)
-        save()
-
-    if "quality" in chosen:
-        from benchmarks.quality import quality_table, run_quality
-
-        quality = run_quality(
-            splits, profile["quality_epochs"], batch_size=profile["batch_size"], work_dir=DATA_DIR
-        )
-        results["quality"] = quality
-        save()
-        show(quality_table(quality))
-
-    if "search" in chosen:
-        from benchmarks.search_cost import run_search_cost, search_cost_table
-
-        small = {
-            "train": first_per_class(splits["train"], profile["search_train_per_class"]),
-            "val": splits["val"],
-        }
-        search = run_search_cost(
-            small,
-            epochs=profile["search_epochs"],
-            modes=profile["search_modes"],
-            base_config={"batch_size": profile["batch_size"]},
-            work_dir=DATA_DIR,
-        )
-        results["search_cost"] = search
-        save()
-        show(search_cost_table(search))
-
-    simulate = load = None
-    if "simulate" in chosen:
-        from benchmarks.data_speed import simulate_rate
-
-        simulate = simulate_rate(profile["simulate_per_class"], work_dir=DATA_DIR)
-        results["simulate_images_per_s"] = simulate["images_per_s"]
-        results["simulate"] = simulate
-        save()
-    if "load" in chosen:
-        from benchmarks.data_speed import run_load_time
-
-        if splits is None:
-            ensure_sim_set(profile["sim_dir"], profile["sim_counts"])
-            splits = load_splits(profile["sim_dir"], progress=False)
-        load = run_load_time(
-            profile["load_images"], splits["train"].images.numpy(), work_dir=DATA_DIR
-        )
-        results["load_seconds"] = load
-        save()
-    if simulate or load:
-        from benchmarks.data_speed import data_speed_table
-
-        show(data_speed_table(simulate, load))
-
+    splits = _sim_splits(profile) if set(chosen) & NEEDS_SPLITS else None
+    for name in BENCHMARKS:  # in this order, whatever the order of --only
+        if name in chosen:
+            measured, table = MEASURES[name](profile, splits)
+            results |= measured
+            save()
+            show(table)
     save()
     summary = [
         f"- {key}: {t['value']:.3f} (target {t['target']}): {'met' if t['met'] else 'MISSED'}"
@@ -266,11 +189,53 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def _run_recipes(profile: dict[str, Any], splits: dict[str, Any], show) -> list[dict[str, Any]]:
-    """The profile's recipe comparisons, each printed as a table; their results."""
-    from benchmarks.recipes import recipes_table, run_recipes
+def show(table: str) -> None:
+    """A markdown table on stdout (progress goes to stderr)."""
+    print(table + "\n", flush=True)
 
-    measured = []
+
+def _chosen(only: str) -> list[str]:
+    """The benchmark names of a comma-separated list, checked."""
+    chosen = [name.strip() for name in only.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(BENCHMARKS))
+    if unknown:
+        raise ValueError(f"unknown benchmark(s) {unknown}; expected some of {BENCHMARKS}")
+    return chosen
+
+
+def _sim_splits(profile: dict[str, Any]) -> dict[str, Any]:
+    """The profile's simulated set (made on first use), loaded into memory."""
+    from lensing.data.dataset import load_splits
+
+    ensure_sim_set(profile["sim_dir"], profile["sim_counts"])
+    return load_splits(profile["sim_dir"], progress=False)
+
+
+def measure_speed(profile: dict[str, Any], splits: dict[str, Any]) -> Measured:
+    from benchmarks.speed import run_speed, speed_table
+
+    speed = run_speed(
+        splits["train"],
+        batch_size=profile["batch_size"],
+        steps=profile["speed_steps"],
+        warmup=profile["speed_warmup"],
+        repeats=profile["speed_repeats"],
+        compile_model=profile["speed_compile"],
+        thread_counts=(1,),
+    )
+    measured = {
+        "speed": speed,
+        "train_speedup_vs_seed": speed["train_speedup_vs_seed"],
+        "pipeline_efficiency": speed["pipeline_efficiency"],
+    }
+    return measured, speed_table(speed)
+
+
+def measure_recipes(profile: dict[str, Any], splits: dict[str, Any]) -> Measured:
+    """The profile's recipe comparisons (one per budget), their tables one after the other."""
+    from benchmarks.compare_recipes import compare_recipes, comparison_table
+
+    compared = []
     for budget in profile["recipes"]:
         chosen = splits
         if budget.get("per_class"):
@@ -279,18 +244,72 @@ def _run_recipes(profile: dict[str, Any], splits: dict[str, Any], show) -> list[
                 for split, n in zip(("train", "val", "test"), budget["per_class"], strict=True)
             }
         names = list(budget["names"]) if budget["names"] else None
-        result = run_recipes(
-            chosen, budget["epochs"], list(budget["seeds"]), names, profile["batch_size"]
+        compared.append(
+            compare_recipes(
+                chosen, budget["epochs"], list(budget["seeds"]), names, profile["batch_size"]
+            )
         )
-        measured.append(result)
-        show(recipes_table(result))
-    return measured
+    return {"recipes": compared}, "\n\n".join(comparison_table(result) for result in compared)
+
+
+def measure_quality(profile: dict[str, Any], splits: dict[str, Any]) -> Measured:
+    from benchmarks.quality import quality_table, run_quality
+
+    quality = run_quality(
+        splits, profile["quality_epochs"], batch_size=profile["batch_size"], work_dir=DATA_DIR
+    )
+    return {"quality": quality}, quality_table(quality)
+
+
+def measure_search(profile: dict[str, Any], splits: dict[str, Any]) -> Measured:
+    from benchmarks.search_cost import run_search_cost, search_cost_table
+
+    small = {
+        "train": first_per_class(splits["train"], profile["search_train_per_class"]),
+        "val": splits["val"],
+    }
+    search = run_search_cost(
+        small,
+        epochs=profile["search_epochs"],
+        modes=profile["search_modes"],
+        base_config={"batch_size": profile["batch_size"]},
+        work_dir=DATA_DIR,
+    )
+    return {"search_cost": search}, search_cost_table(search)
+
+
+def measure_simulate(profile: dict[str, Any], splits: dict[str, Any] | None) -> Measured:
+    from benchmarks.data_speed import data_speed_table, simulate_rate
+
+    simulate = simulate_rate(profile["simulate_per_class"], work_dir=DATA_DIR)
+    measured = {"simulate_images_per_s": simulate["images_per_s"], "simulate": simulate}
+    return measured, data_speed_table(simulate, None)
+
+
+def measure_load(profile: dict[str, Any], splits: dict[str, Any] | None) -> Measured:
+    from benchmarks.data_speed import data_speed_table, run_load_time
+
+    sources = (splits or _sim_splits(profile))["train"].images.numpy()
+    load = run_load_time(profile["load_images"], sources, work_dir=DATA_DIR)
+    return {"load_seconds": load}, data_speed_table(None, load)
+
+
+# BENCHMARKS' name (what --only takes): the function measuring it, called with the profile and
+# the simulated splits (None when no chosen benchmark trains).
+MEASURES: dict[str, Callable[[dict[str, Any], dict[str, Any] | None], Measured]] = {
+    "speed": measure_speed,
+    "recipes": measure_recipes,  # benchmarks.compare_recipes
+    "quality": measure_quality,
+    "search": measure_search,  # benchmarks.search_cost
+    "simulate": measure_simulate,  # benchmarks.data_speed
+    "load": measure_load,  # benchmarks.data_speed
+}
 
 
 def cli(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
-        run(args)
+        measure(args)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

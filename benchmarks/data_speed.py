@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import log, markdown_table
+from benchmarks.common import log, main_only, markdown_table
 from lensing.atomic import atomic_save_npy
 from lensing.constants import CLASSES, DATA_DIR
 
@@ -45,12 +46,12 @@ def simulate_rate(images_per_class: int, workers: int | None = None, work_dir: P
         manifest = simulate_dataset(folder / "set", counts, workers=workers, progress=False)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    run = manifest["_run"]
+    written = manifest["_run"]
     return {
-        "images": run["written"],
+        "images": written["written"],
         "workers": workers,
-        "seconds": run["seconds"],
-        "images_per_s": run["written"] / run["seconds"],
+        "seconds": written["seconds"],
+        "images_per_s": written["written"] / written["seconds"],
     }
 
 
@@ -192,3 +193,7 @@ def data_speed_table(simulate: dict[str, Any] | None, load: dict[str, Any] | Non
                 ]
             )
     return "Data speed\n\n" + markdown_table(["what", "rate", "time"], rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main_only("simulate,load"))

@@ -1,60 +1,58 @@
-"""Test AUC at equal budget: the seed recipe against the improved recipe.
+"""Test AUC at equal budget: the seed notebook's pipeline against the package's default recipe.
 
-Every recipe trains a randomly initialized ResNet18 for the same number of epochs on the same
+Every side trains a randomly initialized ResNet18 for the same number of epochs on the same
 simulated images, keeps the epoch with the best validation macro AUC, and is scored on the same
 test images with ``lensing.evaluation.metrics.compute_metrics`` (macro and per-class
-one-vs-rest AUC,
-95 % stratified bootstrap interval of the macro AUC).
+one-vs-rest AUC, 95 % stratified bootstrap interval of the macro AUC).
 
-- ``seed``: :mod:`benchmarks.seed_recipe` (224 x 224 RGB copies, torchvision's random flip,
+- ``seed``: :mod:`benchmarks.seed_pipeline` (224 x 224 RGB copies, torchvision's random flip,
   rotation, shift and zoom, one constant Adam learning rate, fp32, no test-time augmentation);
-- ``improved``: ``lensing.training.fit.fit`` with ``augment="d4"`` (the 8 exact flips and quarter
-  turns of the square sky image, no interpolation) and ``schedule="onecycle"`` (warm-up over
-  the first quarter of the steps, then cosine decay, stepped every batch), the package's
-  default precision, scored with D4 test-time averaging (``predict_split(tta=True)``);
-- ``package_fit``: the same with ``schedule="plateau"`` (ReduceLROnPlateau, the default), for
-  reference.
+- ``improved``: :func:`benchmarks.scoring.train_and_score` with ``augment="d4"`` (the 8 exact
+  flips and quarter turns of the square sky image, no interpolation) and
+  ``schedule="onecycle"`` (warm-up over the first quarter of the steps, then cosine decay,
+  stepped every batch) at the default recipe's learning rates, the package's default
+  precision, scored with D4 test-time averaging (``predict_split(tta=True)``);
+- ``package_fit``: the same with ``schedule="plateau"`` (ReduceLROnPlateau on the val AUC),
+  for reference.
 
-The improved recipe is also trained in fp32 when the default is bf16, to show that the
+The improved side is also trained in fp32 when the default is bf16, to show that the
 precision does not move the AUC beyond its interval.
 """
 
 from __future__ import annotations
 
-import tempfile
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmarks.common import log, markdown_table
-from benchmarks.seed_recipe import BATCH_SIZE, seed_fit, seed_loader, seed_predict
+from benchmarks.common import log, main_only, markdown_table
+from benchmarks.scoring import SCORES, rate_fields, train_and_score
+from benchmarks.seed_pipeline import BATCH_SIZE, seed_fit, seed_loader, seed_predict
 from lensing.constants import CLASSES, DATA_DIR, SCHEDULES
-from lensing.evaluation.inference import predict_split
 from lensing.evaluation.metrics import compute_metrics
 from lensing.runtime import resolve_precision
-from lensing.training.checkpoint import BEST_MODEL, load_checkpoint
-from lensing.training.fit import TrainConfig, fit
-from lensing.training.model import build_model
 
-# Peak learning rate of every layer group in the improved recipe: the seed's 1e-3 everywhere
-# (from random weights there is no pretrained early layer to protect). On the quick set's
-# validation split (500 per class, 4 epochs, bf16) a sweep of the one-cycle peak, run with
-# this module's first, hand-written one-cycle loop, reached val AUC 0.925 at 1e-3, 0.910 at
-# 2e-3 and 0.799 at 3e-3; through fit, make bench gives 0.921 (one-cycle) and 0.759 (plateau).
-IMPROVED_LRS = {"lr_early": 1e-3, "lr_middle": 1e-3, "lr_late": 1e-3, "lr_fc": 1e-3}
+# The improved side's peak learning rate of every layer group is the default recipe's (1e-3
+# everywhere, as the seed's single rate; from random weights there is no pretrained early layer
+# to protect). On the quick set's validation split (500 per class, 4 epochs, bf16) a sweep of
+# the one-cycle peak, run with this module's first, hand-written one-cycle loop, reached val
+# AUC 0.925 at 1e-3, 0.910 at 2e-3 and 0.799 at 3e-3; through fit, make bench gives 0.921
+# (one-cycle) and 0.759 (plateau).
+IMPROVED_RATES = rate_fields("default")
 N_BOOTSTRAP = 1000
 CPU = torch.device("cpu")
+HISTORY_KEYS = ("epoch", "train_loss", "val_auc", "val_loss", "images_per_s")
 
 
 def _summary(metrics: dict[str, Any], seconds: float, **extra: Any) -> dict[str, Any]:
-    keep = ("auc_macro", "auc_per_class", "auc_macro_ci95", "accuracy", "confusion_matrix")
-    return {k: metrics[k] for k in keep} | {"train_seconds": seconds} | extra
+    return {k: metrics[k] for k in SCORES} | {"train_seconds": seconds} | extra
 
 
 def seed_quality(datasets: dict[str, Any], epochs: int, batch_size: int = BATCH_SIZE) -> dict:
-    """Train and score the seed recipe; returns its test metrics summary."""
+    """Train and score the seed pipeline; returns its test metrics summary."""
     pairs = {s: (list(d.files), d.labels.tolist()) for s, d in datasets.items()}
     start = time.perf_counter()
     trained = seed_fit(pairs["train"], pairs["val"], epochs, batch_size=batch_size, log=log)
@@ -77,61 +75,36 @@ def improved_quality(
     schedule: str = "onecycle",
     precision: str = "auto",
     batch_size: int = BATCH_SIZE,
-    lrs: dict[str, float] | None = None,
     augment: str = "d4",
     work_dir: Path | None = None,
 ) -> dict:
-    """Train with ``lensing.training.fit.fit`` (``schedule`` "onecycle" or
-    "plateau"), keep the epoch
-    with the best val AUC and score it on the test split with and without D4 averaging."""
+    """Train with ``lensing.training.fit.fit`` (``schedule`` "onecycle" or "plateau") at the
+    default recipe's learning rates; the test scores of the best epoch with D4 averaging, and
+    without it under ``without_tta``."""
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; expected one of {SCHEDULES}")
-    used = resolve_precision(precision, CPU)
-    lrs = dict(IMPROVED_LRS if lrs is None else lrs)
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory(dir=work_dir, prefix="bench_quality_") as out:
-        config = TrainConfig(
-            data_dir=str(datasets["train"].root),
-            out_dir=out,
-            epochs=epochs,
-            batch_size=batch_size,
-            pretrained="none",
-            precision=used,
-            augment=augment,
-            schedule=schedule,
-            **lrs,
-        )
-        subset = {"train": datasets["train"], "val": datasets["val"]}
-        history = fit(config, datasets=subset, progress=False)["history"]
-        best = load_checkpoint(Path(out) / BEST_MODEL)
-    model = build_model("none")
-    model.load_state_dict(best["model"])
-    seconds = time.perf_counter() - start
-    scored = {}
-    for tta in (True, False):
-        probs, labels = predict_split(model, datasets["test"], device=CPU, precision=used, tta=tta)
-        scored[tta] = compute_metrics(labels, probs, CLASSES, n_bootstrap=N_BOOTSTRAP)
-    for entry in history:
-        log(
-            f"ours ({schedule}, {augment}, {used}) epoch {entry['epoch']}/{epochs} loss "
-            f"{entry['train_loss']:.4f} val AUC {entry['val_auc']:.4f} "
-            f"{entry['images_per_s']:.1f} img/s"
-        )
+    fields = {"augment": augment, "schedule": schedule, **IMPROVED_RATES}
+    scored = train_and_score(
+        datasets,
+        fields,
+        epochs=epochs,
+        batch_size=batch_size,
+        precision=precision,
+        n_bootstrap=N_BOOTSTRAP,
+        work_dir=work_dir,
+    )
+    seconds = scored["train_seconds"]
     return _summary(
-        scored[True],
+        scored["tta"],
         seconds,
         schedule=schedule,
-        precision=used,
+        precision=scored["precision"],
         augment=augment,
-        learning_rates=lrs,
-        best_val_auc=best["val_auc"],
-        best_epoch=best["epoch"],
-        history=[
-            {k: v for k, v in e.items() if k in ("epoch", "train_loss", "val_auc", "val_loss")}
-            | {"images_per_s": e["images_per_s"]}
-            for e in history
-        ],
-        without_tta=_summary(scored[False], seconds),
+        learning_rates=dict(IMPROVED_RATES),
+        best_val_auc=scored["best_val_auc"],
+        best_epoch=scored["best_epoch"],
+        history=[{k: e[k] for k in HISTORY_KEYS} for e in scored["history"]],
+        without_tta=_summary(scored["plain"], seconds),
     )
 
 
@@ -144,19 +117,21 @@ def run_quality(
     package_fit: bool = True,
     work_dir: Path = DATA_DIR,
 ) -> dict[str, Any]:
-    """Seed against improved at ``epochs`` each; returns the ``quality`` entry of
+    """Seed pipeline against improved at ``epochs`` each; returns the ``quality`` entry of
     benchmarks.json.
 
-    compare_precision: when the default precision is bf16, also train the improved recipe in
+    compare_precision: when the default precision is bf16, also train the improved side in
     fp32 and say whether its AUC lies in the bf16 run's 95 % interval. package_fit: also train
-    with ``lensing.training.fit.fit`` as it is (plateau schedule).
+    with the plateau schedule.
     """
     counts = {split: d.class_counts() for split, d in datasets.items()}
     log(f"quality: {counts}, {epochs} epochs each")
     work_dir.mkdir(parents=True, exist_ok=True)
     seed = seed_quality(datasets, epochs, batch_size)
     default = resolve_precision("auto", CPU)
-    improved = improved_quality(datasets, epochs, precision=default, batch_size=batch_size)
+    improved = improved_quality(
+        datasets, epochs, precision=default, batch_size=batch_size, work_dir=work_dir
+    )
     seed_error = 1 - seed["auc_macro"]
     result: dict[str, Any] = {
         "data": str(datasets["train"].root),
@@ -168,7 +143,9 @@ def run_quality(
         "error_ratio": _ratio(1 - improved["auc_macro"], seed_error),
     }
     if compare_precision and default == "bf16":
-        fp32 = improved_quality(datasets, epochs, precision="fp32", batch_size=batch_size)
+        fp32 = improved_quality(
+            datasets, epochs, precision="fp32", batch_size=batch_size, work_dir=work_dir
+        )
         result["improved_fp32"] = fp32
         low, high = improved["auc_macro_ci95"]
         result["precision_match"] = {
@@ -214,7 +191,7 @@ def quality_table(result: dict[str, Any]) -> str:
             ]
         )
 
-    row("seed recipe (224 RGB, torchvision aug, constant lr, fp32)", result["seed"])
+    row("seed pipeline (224 RGB, torchvision aug, constant lr, fp32)", result["seed"])
     improved = result["improved"]
     name = f"improved: D4 + one-cycle, {improved['precision']}"
     row(f"{name}, D4 TTA", improved)
@@ -223,8 +200,7 @@ def quality_table(result: dict[str, Any]) -> str:
         row("improved: D4 + one-cycle, fp32, D4 TTA", result["improved_fp32"])
     if "package_fit" in result:
         row(
-            f"D4 + plateau (the package default schedule), {result['package_fit']['precision']}, "
-            "D4 TTA",
+            f"D4 + plateau, {result['package_fit']['precision']}, D4 TTA",
             result["package_fit"],
         )
     n = result["images_per_class"]
@@ -234,7 +210,7 @@ def quality_table(result: dict[str, Any]) -> str:
         f"{result['batch_size']}; error ratio improved/seed = {result['error_ratio']:.2f}"
     )
     headers = [
-        "recipe",
+        "pipeline",
         "macro AUC",
         "95% CI",
         *[f"AUC {c}" for c in CLASSES],
@@ -242,3 +218,7 @@ def quality_table(result: dict[str, Any]) -> str:
         "train s",
     ]
     return f"{title}\n\n{markdown_table(headers, rows)}"
+
+
+if __name__ == "__main__":
+    sys.exit(main_only("quality"))

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import log, markdown_table
+from benchmarks.common import log, main_only, markdown_table
 from lensing.constants import DATA_DIR, LAYER_GROUPS
 from lensing.search import run_search
 
@@ -115,3 +116,7 @@ def search_cost_table(result: dict[str, Any]) -> str:
         "seconds",
     ]
     return f"{title}\n\n{markdown_table(headers, rows)}"
+
+
+if __name__ == "__main__":
+    sys.exit(main_only("search"))

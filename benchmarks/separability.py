@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import markdown_table
 from lensing.constants import CLASSES, IMAGE_SIZE
 from lensing.data.dataset import find_split_files
 from lensing.data.readers.image import ImageError, read_image
@@ -60,12 +61,11 @@ def pixel_statistics(images: np.ndarray) -> np.ndarray:
 
 
 def _auc(labels: np.ndarray, probs: np.ndarray) -> dict:
-    from sklearn.metrics import roc_auc_score
+    """Macro and per-class one-vs-rest AUC, as the package scores its models."""
+    from lensing.evaluation.metrics import compute_metrics
 
-    per_class = {
-        name: float(roc_auc_score(labels == k, probs[:, k])) for k, name in enumerate(CLASSES)
-    }
-    return {"auc_macro": float(np.mean(list(per_class.values()))), "auc_per_class": per_class}
+    metrics = compute_metrics(labels, probs, CLASSES, n_bootstrap=0)
+    return {"auc_macro": metrics["auc_macro"], "auc_per_class": metrics["auc_per_class"]}
 
 
 def _baselines(n_train: int) -> dict:
@@ -113,17 +113,14 @@ def measure_separability(root: str | Path) -> dict:
     return {"data": str(root), "n_train": len(train_y), "results": results}
 
 
-def markdown_table(report: dict) -> str:
+def separability_table(report: dict) -> str:
     """The report as a markdown table: one row per baseline and split."""
-    lines = [
-        "| baseline | split | n | macro AUC | " + " | ".join(CLASSES) + " |",
-        "|---|---|---|---|" + "---|" * len(CLASSES),
+    rows = [
+        [name, split, r["n"], r["auc_macro"], *(r["auc_per_class"][c] for c in CLASSES)]
+        for name, splits in report["results"].items()
+        for split, r in splits.items()
     ]
-    for name, splits in report["results"].items():
-        for split, r in splits.items():
-            per_class = " | ".join(f"{r['auc_per_class'][c]:.3f}" for c in CLASSES)
-            lines.append(f"| {name} | {split} | {r['n']} | {r['auc_macro']:.3f} | {per_class} |")
-    return "\n".join(lines)
+    return markdown_table(["baseline", "split", "n", "macro AUC", *CLASSES], rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     print(f"{report['data']}: {report['n_train']} training images\n")
-    print(markdown_table(report))
+    print(separability_table(report))
     if args.json is not None:
         from lensing.atomic import atomic_write_json
 

@@ -1,10 +1,10 @@
-"""Training throughput: the seed recipe's pipeline against the package's, and against the model
-alone.
+"""Training throughput: the seed notebook's pipeline against the package's, and against the
+model alone.
 
 Three kinds of measurement, each a fixed number of optimizer steps after a warm-up, at the same
 batch size and the same ResNet18:
 
-- ``seed``: the notebook pipeline of :mod:`benchmarks.seed_recipe` (one ``.npy`` file per
+- ``seed``: the notebook pipeline of :mod:`benchmarks.seed_pipeline` (one ``.npy`` file per
   image, 3 x 224 x 224, per-image torchvision transforms in DataLoader workers, fp32, Adam);
 - ``ours``: the package's own training pieces (``TrainBatches`` over the in-memory split,
   ``train_one_epoch`` with batched augmentation, ``prepare_model``'s channels_last,
@@ -21,6 +21,7 @@ medians are compared.
 from __future__ import annotations
 
 import itertools
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -28,8 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.common import log, markdown_table, spread
-from benchmarks.seed_recipe import (
+from benchmarks.common import log, main_only, markdown_table, spread
+from benchmarks.seed_pipeline import (
     build_seed_model,
     seed_loader,
     seed_optimizer,
@@ -40,6 +41,7 @@ from lensing.runtime import resolve_precision
 from lensing.training.fit import TrainConfig
 from lensing.training.model import build_model, prepare_model
 from lensing.training.optim import make_optimizer
+from lensing.training.rng import seed_everything
 from lensing.training.steps import train_one_epoch
 
 CPU = torch.device("cpu")
@@ -53,8 +55,8 @@ def _forever(batches: Iterable) -> Iterator:
 def seed_rate(
     files: list, labels: list[int], *, batch_size: int, steps: int, warmup: int, num_workers: int
 ) -> float:
-    """Images per second of the seed recipe's training loop, DataLoader included."""
-    torch.manual_seed(0)
+    """Images per second of the seed pipeline's training loop, DataLoader included."""
+    seed_everything(0)
     model = build_seed_model()
     optimizer = seed_optimizer(model)
     loader = seed_loader(files, labels, train=True, batch_size=batch_size, num_workers=num_workers)
@@ -65,7 +67,7 @@ def seed_rate(
 
 def our_model(batch_size: int, compile_model: bool = False) -> tuple[nn.Module, Any]:
     """The package's ResNet18 (random init, channels_last, on the CPU) and its fused Adam."""
-    torch.manual_seed(0)
+    seed_everything(0)
     model = prepare_model(build_model("none"), CPU, channels_last=True)
     optimizer = make_optimizer(model, TrainConfig(pretrained="none").learning_rates())
     if compile_model:
@@ -155,27 +157,17 @@ def run_speed(
     precisions = precisions or tuple(dict.fromkeys([package_default, "fp32"]))
     # The headline figures are at the package's default, or the first precision asked for.
     default = package_default if package_default in precisions else precisions[0]
-    files, labels = list(train_set.files), train_set.labels.tolist()
     common = dict(batch_size=batch_size, steps=steps, warmup=warmup)
-    jobs = {"seed": lambda: seed_rate(files, labels, num_workers=num_workers, **common)}
-    for p in precisions:
-        jobs[f"ours_{p}"] = lambda p=p: ours_rate(train_set, precision=p, **common)["images_per_s"]
-        jobs[f"model_{p}"] = lambda p=p: model_rate(precision=p, **common)
     compile_seconds: list[float] = []
-    if compile_model:
-
-        def compiled() -> float:
-            measured = ours_rate(train_set, precision=default, compile_model=True, **common)
-            compile_seconds.append(measured["warmup_seconds"])
-            return measured["images_per_s"]
-
-        jobs[f"ours_{default}_compiled"] = compiled
-    threads_now = torch.get_num_threads()
-    for n in thread_counts:
-        if n != threads_now:
-            jobs[f"model_{default}_threads{n}"] = lambda n=n: _with_threads(
-                n, lambda: model_rate(precision=default, **common)
-            )
+    jobs = _speed_jobs(
+        train_set,
+        precisions,
+        default,
+        common,
+        num_workers=num_workers,
+        compile_seconds=compile_seconds if compile_model else None,
+        thread_counts=thread_counts,
+    )
     rates: dict[str, list[float]] = {name: [] for name in jobs}
     for repeat in range(repeats):
         order = list(jobs) if repeat % 2 == 0 else list(reversed(jobs))
@@ -183,7 +175,6 @@ def run_speed(
             rates[name].append(jobs[name]())
             log(f"speed repeat {repeat + 1}/{repeats}: {name} {rates[name][-1]:.1f} img/s")
     measured = {name: spread(values) for name, values in rates.items()}
-    seed = measured["seed"]["median"]
     result: dict[str, Any] = {
         "batch_size": batch_size,
         "steps": steps,
@@ -193,24 +184,9 @@ def run_speed(
         "package_default_precision": package_default,
         "headline_precision": default,
         "images_per_s": measured,
-        "train_speedup_vs_seed": measured[f"ours_{default}"]["median"] / seed,
-        "pipeline_efficiency": measured[f"ours_{default}"]["median"]
-        / measured[f"model_{default}"]["median"],
-        # Back-to-back pairs: the spread of the ratio under the machine's changing load.
-        "train_speedup_per_repeat": [
-            o / r for o, r in zip(rates[f"ours_{default}"], rates["seed"], strict=True)
-        ],
-        "by_precision": {
-            p: {
-                "train_speedup_vs_seed": measured[f"ours_{p}"]["median"] / seed,
-                "pipeline_efficiency": measured[f"ours_{p}"]["median"]
-                / measured[f"model_{p}"]["median"],
-                "model_speedup_vs_seed": measured[f"model_{p}"]["median"] / seed,
-            }
-            for p in precisions
-        },
     }
-    result["threads"] = threads_now
+    result |= _speed_ratios(measured, rates, precisions, default)
+    threads_now = result["threads"] = torch.get_num_threads()
     result["model_by_threads"] = {
         threads_now: measured[f"model_{default}"]["median"],
         **{
@@ -220,13 +196,76 @@ def run_speed(
         },
     }
     if compile_model:
+        compiled = measured[f"ours_{default}_compiled"]["median"]
         result["compiled"] = {
-            "train_speedup_vs_seed": measured[f"ours_{default}_compiled"]["median"] / seed,
-            "speedup_vs_eager": measured[f"ours_{default}_compiled"]["median"]
-            / measured[f"ours_{default}"]["median"],
+            "train_speedup_vs_seed": compiled / measured["seed"]["median"],
+            "speedup_vs_eager": compiled / measured[f"ours_{default}"]["median"],
             "warmup_seconds_with_compile": compile_seconds,
         }
     return result
+
+
+def _speed_jobs(
+    train_set: Any,
+    precisions: tuple[str, ...],
+    default: str,
+    common: dict[str, int],
+    *,
+    num_workers: int,
+    compile_seconds: list[float] | None,
+    thread_counts: tuple[int, ...],
+) -> dict[str, Any]:
+    """name -> a function measuring images/s once. compile_seconds: None for no compiled
+    measurement, else a list the compiled one appends its warm-up (compile) seconds to."""
+    files, labels = list(train_set.files), train_set.labels.tolist()
+    jobs = {"seed": lambda: seed_rate(files, labels, num_workers=num_workers, **common)}
+    for p in precisions:
+        jobs[f"ours_{p}"] = lambda p=p: ours_rate(train_set, precision=p, **common)["images_per_s"]
+        jobs[f"model_{p}"] = lambda p=p: model_rate(precision=p, **common)
+    if compile_seconds is not None:
+
+        def compiled() -> float:
+            measured = ours_rate(train_set, precision=default, compile_model=True, **common)
+            compile_seconds.append(measured["warmup_seconds"])
+            return measured["images_per_s"]
+
+        jobs[f"ours_{default}_compiled"] = compiled
+    for n in thread_counts:
+        if n != torch.get_num_threads():
+            jobs[f"model_{default}_threads{n}"] = lambda n=n: _with_threads(
+                n, lambda: model_rate(precision=default, **common)
+            )
+    return jobs
+
+
+def _speed_ratios(
+    measured: dict[str, dict[str, Any]],
+    rates: dict[str, list[float]],
+    precisions: tuple[str, ...],
+    default: str,
+) -> dict[str, Any]:
+    """The speed-ups over the seed pipeline and the pipeline efficiencies of the medians."""
+    seed = measured["seed"]["median"]
+
+    def median(name: str) -> float:
+        return measured[name]["median"]
+
+    return {
+        "train_speedup_vs_seed": median(f"ours_{default}") / seed,
+        "pipeline_efficiency": median(f"ours_{default}") / median(f"model_{default}"),
+        # Back-to-back pairs: the spread of the ratio under the machine's changing load.
+        "train_speedup_per_repeat": [
+            o / r for o, r in zip(rates[f"ours_{default}"], rates["seed"], strict=True)
+        ],
+        "by_precision": {
+            p: {
+                "train_speedup_vs_seed": median(f"ours_{p}") / seed,
+                "pipeline_efficiency": median(f"ours_{p}") / median(f"model_{p}"),
+                "model_speedup_vs_seed": median(f"model_{p}") / seed,
+            }
+            for p in precisions
+        },
+    }
 
 
 def _with_threads(n: int, measure: Any) -> float:
@@ -245,7 +284,7 @@ def speed_table(result: dict[str, Any]) -> str:
     seed = rates["seed"]["median"]
     rows = [
         [
-            "seed recipe (files, 3x224x224, per-image transforms, fp32)",
+            "seed pipeline (files, 3x224x224, per-image transforms, fp32)",
             rates["seed"]["median"],
             f"{rates['seed']['min']:.1f}-{rates['seed']['max']:.1f}",
             1.0,
@@ -304,3 +343,7 @@ def speed_table(result: dict[str, Any]) -> str:
     )
     table = markdown_table(["pipeline", "images/s", "range", "x seed", "of model rate"], rows)
     return f"{title}\n\n{table}"
+
+
+if __name__ == "__main__":
+    sys.exit(main_only("speed"))

@@ -36,8 +36,3 @@ PRUNE_MODES = ("none", "median", "halving")  # how the search stops weak combina
 def canonical_augmentation(name: str) -> str:
     """The current name of an augmentation: an alias (``"seed"``) is mapped, others kept."""
     return AUGMENTATION_ALIASES.get(name, name)
-
-
-def default_data_dir() -> Path:
-    """The real set when it has been downloaded, else the default simulated one."""
-    return REAL_DATA_DIR if REAL_DATA_DIR.is_dir() else SIMULATED_DATA_DIR

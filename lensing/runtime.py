@@ -1,13 +1,11 @@
-"""Where and how the model runs: device, floating-point precision, autocast, seeding, and the
+"""Where and how the model runs: device, floating-point precision, autocast, and the
 plain model behind a DistributedDataParallel or compiled wrapper."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import random
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -77,13 +75,6 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if precision not in dtypes:
         raise ValueError(f"unknown precision {precision!r}; expected fp32, bf16 or fp16")
     return torch.autocast(device_type=torch.device(device).type, dtype=dtypes[precision])
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's global and torch's generators (code may draw from any of them)."""
-    random.seed(seed)
-    np.random.seed(seed)  # noqa: NPY002 (the global state, for code that still uses it)
-    torch.manual_seed(seed)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -15,15 +15,15 @@ from conftest import write_set
 # repository root (``python -m benchmarks``) but not from pytest's tests/ path.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.__main__ import _targets, cli
+from benchmarks.__main__ import BENCHMARKS, MEASURES, _targets, cli
 from benchmarks.common import first_per_class, machine, markdown_table, spread
+from benchmarks.compare_recipes import compare_recipes, comparison_table
 from benchmarks.data_speed import data_speed_table, run_load_time, simulate_rate
 from benchmarks.profile_step import main as profile_main
 from benchmarks.profile_step import profile_step
 from benchmarks.quality import quality_table, run_quality
-from benchmarks.recipes import recipes_table, run_recipes
 from benchmarks.search_cost import run_search_cost, search_cost_table
-from benchmarks.seed_recipe import (
+from benchmarks.seed_pipeline import (
     INPUT_SIZE,
     NpyFolderDataset,
     seed_fit,
@@ -34,6 +34,7 @@ from benchmarks.seed_recipe import (
 from benchmarks.speed import model_rate, ours_rate, run_speed, seed_rate, speed_table
 from lensing.constants import CLASSES
 from lensing.data.dataset import LensingDataset, load_splits
+from lensing.training.rng import seed_everything
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def test_seed_dataset_gives_imagenet_sized_rgb_copies(tiny_root: Path) -> None:
 def test_seed_train_transforms_are_random(tiny_root: Path) -> None:
     path = tiny_root / "train" / "sphere" / "1.npy"
     dataset = NpyFolderDataset([path], [1], seed_transforms(train=True))
-    torch.manual_seed(0)
+    seed_everything(0)
     first, second = dataset[0][0], dataset[0][0]
     assert not torch.equal(first, second)
 
@@ -113,7 +114,7 @@ def test_run_speed_reports_ratios(tiny_splits: dict) -> None:
     assert fp32["train_speedup_vs_seed"] == pytest.approx(
         rates["ours_fp32"]["median"] / rates["seed"]["median"]
     )
-    assert "seed recipe" in speed_table(result)
+    assert "seed pipeline" in speed_table(result)
 
 
 @pytest.mark.slow
@@ -131,7 +132,7 @@ def test_run_quality_scores_both_recipes(tiny_splits: dict, tmp_path: Path) -> N
     assert result["error_ratio"] == pytest.approx(
         (1 - result["improved"]["auc_macro"]) / (1 - result["seed"]["auc_macro"])
     )
-    assert "seed recipe" in quality_table(result)
+    assert "seed pipeline" in quality_table(result)
     assert not any(tmp_path.iterdir())  # training folders are cleaned up
 
 
@@ -196,6 +197,10 @@ def test_report_helpers() -> None:
     assert "quality_error_ratio" not in targets
 
 
+def test_every_benchmark_name_has_its_function() -> None:
+    assert list(MEASURES) == list(BENCHMARKS)
+
+
 def test_cli_rejects_unknown_benchmark(tmp_path: Path, capsys) -> None:
     assert cli(["--only", "nonsense", "--out", str(tmp_path / "b.json")]) == 2
     assert "nonsense" in capsys.readouterr().err
@@ -214,19 +219,22 @@ def test_profile_step_splits_the_step_time_by_operator_kind(capsys) -> None:
 
 
 @pytest.mark.slow
-def test_run_recipes_scores_each_recipe_per_seed_and_tabulates_them(
-    tiny_splits: dict, tmp_path: Path
+def test_compare_recipes_scores_each_recipe_per_seed_and_tabulates_them(
+    tiny_splits: dict, tmp_path: Path, capsys
 ) -> None:
     out = tmp_path / "recipes.json"
     names = ["seed-notebook", "d4 + onecycle + arcsinh"]
-    result = run_recipes(tiny_splits, epochs=1, seeds=[0, 1], names=names, batch_size=6, out=out)
+    result = compare_recipes(
+        tiny_splits, epochs=1, seeds=[0, 1], names=names, batch_size=6, out=out
+    )
     assert list(result["runs"]) == names
     for runs in result["runs"].values():
-        assert [run["seed"] for run in runs] == [0, 1]
-        for run in runs:
+        assert [scored["seed"] for scored in runs] == [0, 1]
+        for scored in runs:
             for kind in ("plain", "tta"):
-                assert 0.0 <= run[kind]["auc_macro"] <= 1.0
-                assert set(run[kind]["auc_per_class"]) == set(CLASSES)
+                assert 0.0 <= scored[kind]["auc_macro"] <= 1.0
+                assert set(scored[kind]["auc_per_class"]) == set(CLASSES)
     assert json.loads(out.read_text())["runs"] == json.loads(json.dumps(result["runs"]))
-    table = recipes_table(result)
+    assert "epoch" not in capsys.readouterr().out  # fit's lines go to stderr, not the tables
+    table = comparison_table(result)
     assert "seed-notebook" in table and "+-" in table

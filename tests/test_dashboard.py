@@ -1,4 +1,5 @@
-"""Tests for lensing/dashboard.py: optuna-dashboard served over a small search-like study."""
+"""``python -m lensing dashboard`` (lensing.cli.dashboard, lensing.search.dashboard):
+optuna-dashboard served over a small search-like study."""
 
 from __future__ import annotations
 
@@ -17,11 +18,17 @@ from pathlib import Path
 import optuna
 import pytest
 
-from lensing.search.dashboard import DB_NAME, cli, redact, resolve_storage
+from lensing.cli import main
+from lensing.search.dashboard import read_studies, resolve_storage
+from lensing.search.storage import SEARCH_DB, redact
 
 REPO = Path(__file__).resolve().parent.parent
 GRID = {"early": [1e-5, 1e-4], "middle": [1e-4], "late": [1e-3], "fc": [1e-3]}
 STARTUP_TIMEOUT_S = 60
+
+
+def cli(argv: list[str]) -> int:
+    return main(["dashboard", *argv])
 
 
 @pytest.fixture
@@ -29,7 +36,7 @@ def search_db(tmp_path: Path) -> Path:
     """A models folder whose grid_search.db holds a study shaped like the search's."""
     out = tmp_path / "models"
     out.mkdir()
-    storage = f"sqlite:///{out / DB_NAME}"
+    storage = f"sqlite:///{out / SEARCH_DB}"
     study = optuna.create_study(storage=storage, study_name="lr_grid", direction="maximize")
     study.set_user_attr("grid", GRID)
     dists = {f"lr_{g}": optuna.distributions.CategoricalDistribution(v) for g, v in GRID.items()}
@@ -112,7 +119,7 @@ def test_dashboard_serves_the_study_and_its_trials(search_db: Path, tmp_path: Pa
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=10)
         assert refused.value.code == 403
-        assert optuna.get_all_study_names(f"sqlite:///{search_db / DB_NAME}") == ["lr_grid"]
+        assert optuna.get_all_study_names(f"sqlite:///{search_db / SEARCH_DB}") == ["lr_grid"]
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
@@ -122,8 +129,8 @@ def test_dashboard_serves_the_study_and_its_trials(search_db: Path, tmp_path: Pa
 def test_missing_database_is_an_error_not_a_new_one(tmp_path: Path, capsys) -> None:
     assert cli(["--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert f"no search database {tmp_path.resolve() / DB_NAME}" in err
-    assert not (tmp_path / DB_NAME).exists()
+    assert f"no search database {tmp_path.resolve() / SEARCH_DB}" in err
+    assert not (tmp_path / SEARCH_DB).exists()
     with pytest.raises(RuntimeError, match="no search database"):
         resolve_storage(f"sqlite:///{tmp_path}/other.db")
 
@@ -145,6 +152,35 @@ def test_redact_hides_only_the_password() -> None:
     )
     assert redact("sqlite:////tmp/grid_search.db") == "sqlite:////tmp/grid_search.db"
     assert "p4ss" not in redact("postgresql://u:p4ss@host:notaport/s")
+    assert redact("postgresql://u@host:5432/s") == "postgresql://u@host:5432/s"  # no password
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://lens:p@ss@db.example:5432/search",  # '@' in the password
+        "postgresql://lens:pa:ss@db.example:5432/search",  # ':' in the password
+        "postgresql://lens:p@s:s/x@db.example:5432/search",  # '@', ':' and '/'
+    ],
+)
+def test_redact_hides_passwords_holding_separators(url: str) -> None:
+    assert redact(url) == "postgresql://lens:***@db.example:5432/search"
+    # Within an error message too, quoted or followed by more text.
+    assert redact(f"cannot open {url!r}: refused") == (
+        "cannot open 'postgresql://lens:***@db.example:5432/search': refused"
+    )
+
+
+def test_redact_hides_the_password_after_a_user_name_with_an_at_sign() -> None:
+    assert redact("postgresql://me@corp:s3cret@db:5432/s") == "postgresql://me@corp:***@db:5432/s"
+
+
+def test_read_studies_never_creates_tables(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    with pytest.raises(RuntimeError, match="cannot read the search storage"):
+        read_studies(f"sqlite:///{empty}")
+    assert empty.stat().st_size == 0
 
 
 def test_busy_port_is_a_clear_error(search_db: Path, capsys) -> None:

@@ -1,5 +1,5 @@
-"""lensing.data.download and download_data.py against a local HTTP server serving built
-archives."""
+"""The download command (lensing.cli.download, lensing.data.download, download_data.py)
+against a local HTTP server serving built archives."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lensing.cli import download as command
 from lensing.constants import CLASSES
 from lensing.data import archive, download
 
@@ -131,7 +132,7 @@ def closed_port_url() -> str:
 
 
 def run_main(url: str, out: Path, *extra: str) -> int:
-    return download.main(["--url", url, "--out", str(out), "--quiet", "--retries", "0", *extra])
+    return command.main(["--url", url, "--out", str(out), "--quiet", "--retries", "0", *extra])
 
 
 def assert_clean(out: Path) -> None:
@@ -201,9 +202,12 @@ def test_force_with_a_bad_archive_keeps_the_old_set(server, tmp_path):
     out = tmp_path / "data"
     assert run_main(server.serve("/good.zip", build_zip()), out) == 0
     bad = server.serve("/bad.zip", build_zip(classes=("no", "sphere")))
-    assert run_main(bad, out, "--force") == archive.LayoutError.exit_code
+    assert run_main(bad, out, "--force") == command.EXIT_LAYOUT
     assert archive.validate_layout(out / "dataset")["train"] == dict.fromkeys(CLASSES, 3)
     assert not [p for p in out.iterdir() if p.name.startswith(".dataset.")]
+
+
+CODES = {"UnsafeArchiveError": 7, "BadArchiveError": 6, "LayoutError": 8}
 
 
 @pytest.mark.parametrize(
@@ -223,7 +227,7 @@ def test_bad_archives_leave_nothing_behind(server, tmp_path, capsys, make_archiv
     out = tmp_path / "data"
     url = server.serve("/dataset.zip", make_archive())
     code = run_main(url, out)
-    assert code == getattr(archive, error).exit_code
+    assert code == command.exit_code(getattr(archive, error)("")) == CODES[error]
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert_clean(out)
@@ -263,7 +267,7 @@ def test_checksum(server, tmp_path, capsys):
     good = hashlib.sha256(data).hexdigest()
     url = server.serve("/dataset.zip", data)
     out = tmp_path / "data"
-    assert run_main(url, out, "--sha256", "0" * 64) == archive.ChecksumError.exit_code
+    assert run_main(url, out, "--sha256", "0" * 64) == command.EXIT_CHECKSUM
     assert "sha256" in capsys.readouterr().err
     assert_clean(out)
     assert run_main(url, out, "--sha256", good.upper()) == 0
@@ -275,7 +279,7 @@ def test_checksum(server, tmp_path, capsys):
 
 def test_unreachable_url(tmp_path, capsys):
     out = tmp_path / "data"
-    assert run_main(closed_port_url(), out) == download.UnreachableError.exit_code
+    assert run_main(closed_port_url(), out) == command.EXIT_NO_NETWORK
     err = capsys.readouterr().err
     assert "could not reach" in err and "lensing simulate" in err and "Traceback" not in err
     assert not out.exists() or not any(out.iterdir())
@@ -283,7 +287,7 @@ def test_unreachable_url(tmp_path, capsys):
 
 def test_http_error(server, tmp_path, capsys):
     out = tmp_path / "data"
-    assert run_main(server.url("/missing.zip"), out) == download.DownloadFailedError.exit_code
+    assert run_main(server.url("/missing.zip"), out) == command.EXIT_DOWNLOAD_FAILED
     assert "HTTP 404" in capsys.readouterr().err
     assert_clean(out)
 
@@ -321,8 +325,8 @@ def test_broken_off_download_is_kept_and_resumed(server, tmp_path, capsys):
     server.cut_after = 1_200_000
     code = run_main(url, out)
     assert code in (
-        download.UnreachableError.exit_code,
-        download.DownloadFailedError.exit_code,
+        command.EXIT_NO_NETWORK,
+        command.EXIT_DOWNLOAD_FAILED,
     )
     err = capsys.readouterr().err
     assert "the next run resumes it" in err and "Traceback" not in err
@@ -343,7 +347,7 @@ def test_existing_invalid_dataset_needs_force(server, tmp_path, capsys):
     out = tmp_path / "data"
     (out / "dataset" / "train").mkdir(parents=True)
     url = server.serve("/dataset.zip", build_zip())
-    assert run_main(url, out) == download.ExistingDataError.exit_code
+    assert run_main(url, out) == command.EXIT_EXISTING
     assert "--force" in capsys.readouterr().err
     assert server.requests == []
     assert run_main(url, out, "--force") == 0
@@ -367,17 +371,48 @@ def test_interrupted_force_is_recovered(server, tmp_path):
 )
 def test_bad_options_exit_2(tmp_path, capsys, args):
     with pytest.raises(SystemExit) as exc:
-        download.main(["--out", str(tmp_path / "data"), *args])
+        command.main(["--out", str(tmp_path / "data"), *args])
     assert exc.value.code == 2
     assert "expected" in capsys.readouterr().err
     assert not (tmp_path / "data").exists()
 
 
+def test_exit_codes_are_the_documented_ones():
+    # Scripts rely on these numbers: 1 and 2 shared with every command, 3-9 download's own.
+    errors = {
+        download.UnreachableError: 3,
+        download.DownloadFailedError: 4,
+        archive.ChecksumError: 5,
+        archive.BadArchiveError: 6,
+        archive.UnsafeArchiveError: 7,
+        archive.LayoutError: 8,
+        download.ExistingDataError: 9,
+        archive.DownloadDataError: 1,
+    }
+    assert {kind: command.exit_code(kind("x")) for kind in errors} == errors
+    expected = {"3 no network", "7 unsafe archive", "9 OUT/dataset exists", "130 interrupted"}
+    assert all(text in command.EPILOG for text in expected)
+    for code in range(3, 10):
+        assert f"- {code} ``EXIT_" in command.__doc__
+
+
+def test_download_command_of_the_package(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "lensing", "download", "--out", str(tmp_path), "--timeout", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert proc.returncode == 2 and "python -m lensing download: error:" in proc.stderr
+    assert "expected seconds > 0" in proc.stderr
+
+
 def test_drive_ids_and_urls_are_accepted():
     fid = download.DRIVE_FILE_ID
-    assert download._normalize_url(fid) == download.DEFAULT_URL
+    assert download.normalize_url(fid) == download.DEFAULT_URL
     url = f"https://drive.google.com/file/d/{fid}/view?usp=sharing"
-    assert download._normalize_url(url) == url  # gdown parses the id out of it
+    assert download.normalize_url(url) == url  # gdown parses the id out of it
 
 
 def test_validate_layout_errors(tmp_path):
@@ -543,7 +578,7 @@ def test_entry_script_is_thin():
     imports = [n for n in tree.body if isinstance(n, ast.ImportFrom)]
     assert [(n.module, [a.name for a in n.names]) for n in imports] == [
         ("pathlib", ["Path"]),
-        ("lensing.data.download", ["main"]),
+        ("lensing.cli.download", ["main"]),
     ]
 
 
@@ -568,7 +603,7 @@ def test_entry_script_uses_its_own_checkout_first(tmp_path):
         REPO / "lensing", copy / "lensing", ignore=shutil.ignore_patterns("__pycache__")
     )
     shutil.copy(REPO / "download_data.py", copy)
-    module = copy / "lensing" / "data" / "download.py"
+    module = copy / "lensing" / "cli" / "download.py"
     text = module.read_text()
     assert "Download, verify and unpack" in text
     module.write_text(text.replace("Download, verify and unpack", "COPIED CHECKOUT: download"))

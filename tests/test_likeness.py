@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from lensing.cli.simulate import cli
+from lensing.cli import main as lensing_main
 from lensing.constants import CLASSES
 from lensing.simulate import (
     PRESETS,
@@ -26,6 +26,11 @@ from lensing.simulate.likeness import REAL, class_mean_tolerance, count_scale, w
 
 TEST_I = PRESETS["test-i"]
 KEYS = set(REAL) | {"data", "n_images", "mean_spread", "std_spread", "class_means"}
+
+
+def cli(argv: list[str]) -> int:
+    """``python -m lensing simulate ARGV``."""
+    return lensing_main(["simulate", *argv])
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from conftest import write_set
 from numpy.testing import assert_allclose
 
 from lensing.atomic import atomic_torch_save
+from lensing.cli import main
 from lensing.constants import CLASSES, IMAGE_SIZE
 from lensing.data.dataset import LensingDataset
 from lensing.data.stretch import stretch_of
@@ -23,7 +24,6 @@ from lensing.evaluation.classify import (
     CALIBRATED_COLUMNS,
     PROB_COLUMNS,
     classify_files,
-    cli,
     write_predictions,
 )
 from lensing.evaluation.inference import load_trained_model, predict_split
@@ -31,6 +31,10 @@ from lensing.training.model import build_model
 
 N = IMAGE_SIZE
 ATOL = 1e-5
+
+
+def cli(argv: list[str]) -> int:
+    return main(["predict", *argv])
 
 
 def tiny_checkpoint(path: Path) -> Path:

@@ -26,7 +26,7 @@ import torch
 from conftest import write_set
 
 from lensing.cli import main
-from lensing.cli.commands import search_parser
+from lensing.cli.search import build_parser as search_parser
 from lensing.search import (
     DEFAULT_GRID,
     Combo,

@@ -14,7 +14,7 @@ import pytest
 from numpy.testing import assert_allclose
 
 from lensing import constants, simulate
-from lensing.cli.simulate import cli
+from lensing.cli import main as lensing_main
 from lensing.constants import CLASSES, MANIFEST
 from lensing.simulate import (
     DEFAULT_PRESET,
@@ -32,6 +32,13 @@ from lensing.simulate import (
 TINY = {"train": 2, "val": 1, "test": 1}
 LEGACY = PRESETS["legacy"]
 TEST_I = PRESETS["test-i"]
+
+
+def cli(argv: list[str]) -> int:
+    """``python -m lensing simulate ARGV``."""
+    return lensing_main(["simulate", *argv])
+
+
 # sha256 of the array bytes of legacy images (seed 0), computed with the simulator as it was
 # before presets existed: the legacy preset must keep giving these exact images.
 LEGACY_SHA256 = {

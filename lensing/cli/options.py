@@ -1,8 +1,15 @@
 """Options shared by the commands, and their exit codes.
 
-Exit codes, the same for every command: 0 done; 1 the work failed on something it was given
-(an unreadable checkpoint or data file, a broken study); 2 a bad option or input (argparse's
-own code for usage errors).
+Exit codes, the same for every command:
+
+- 0 (``EXIT_OK``): done;
+- 1 (``EXIT_FAILED``): the work failed on something it was given (an unreadable checkpoint or
+  data file, a broken study, a file that cannot be written);
+- 2 (``EXIT_USAGE``): a bad option or input (argparse's own code for usage errors);
+- 130 (``EXIT_INTERRUPTED``): stopped by Ctrl-C (128 + SIGINT, as a shell reports it).
+
+A command may add codes of its own above 2 for failures its users tell apart
+(``lensing.cli.download``: 3-9); it declares them in its module.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ import argparse
 import dataclasses
 import os
 import sys
-from typing import Any
+from typing import Any, NamedTuple
 
 from lensing.constants import (
     AUGMENTATION_ALIASES,
@@ -22,9 +29,79 @@ from lensing.constants import (
     STRETCHES,
 )
 from lensing.training.config import TrainConfig
-from lensing.training.recipes import RECIPES, recipe_fields
+from lensing.training.recipes import RECIPES, merge_options
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130
+
+
+class TrainingOption(NamedTuple):
+    """One training option: its flag, the TrainConfig field it sets, its help, and the rest
+    of ``add_argument``'s keywords (type, choices)."""
+
+    flag: str
+    field: str
+    help: str
+    kind: dict[str, Any]
+
+
+# The options of one training run, shared by ``train`` and ``search``. Every one is None
+# unless given; ``training_fields`` then starts from the recipe and TrainConfig's defaults
+# (shown in the help) fill in the rest.
+TRAINING_OPTIONS: tuple[TrainingOption, ...] = (
+    TrainingOption("--data", "data_dir", "data folder", {}),
+    TrainingOption("--batch-size", "batch_size", "images per step and process", {"type": int}),
+    TrainingOption("--weight-decay", "weight_decay", "Adam L2 penalty", {"type": float}),
+    TrainingOption("--pretrained", "pretrained", "imagenet, none or PATH to a weights file", {}),
+    TrainingOption(
+        "--precision",
+        "precision",
+        "auto: bf16 where native, else fp32",
+        {"choices": PRECISIONS},
+    ),
+    TrainingOption("--seed", "seed", "init, order, augmentation", {"type": int}),
+    TrainingOption(
+        "--augment",
+        "augment",
+        "flip-affine: the seed notebook's flip, rotation, shift, zoom ('seed' is its old "
+        "name); d4: flips and 90-degree turns",
+        {"choices": AUGMENTATIONS + tuple(AUGMENTATION_ALIASES)},
+    ),
+    TrainingOption(
+        "--stretch",
+        "stretch",
+        "input stretch: none, log or arcsinh",
+        {"choices": STRETCHES},
+    ),
+    TrainingOption(
+        "--schedule",
+        "schedule",
+        "plateau: ReduceLROnPlateau on the val AUC; onecycle: per-step warm-up, cosine decay",
+        {"choices": SCHEDULES},
+    ),
+    TrainingOption(
+        "--early-stopping",
+        "early_stopping",
+        "stop after N epochs without progress",
+        {"type": int},
+    ),
+    TrainingOption("--device", "device", "auto, cpu, cuda[:N], mps", {}),
+    TrainingOption(
+        "--num-workers",
+        "num_workers",
+        "DataLoader workers when not in memory",
+        {"type": int},
+    ),
+)
+
+
+def dest(flag: str) -> str:
+    """The attribute argparse stores ``flag`` under (``--batch-size`` -> ``batch_size``)."""
+    return flag.removeprefix("--").replace("-", "_")
+
+
+# Parsed attribute -> TrainConfig field, derived from the table above.
+TRAINING_FLAGS: dict[str, str] = {dest(o.flag): o.field for o in TRAINING_OPTIONS}
 
 
 def config_default(name: str) -> Any:
@@ -34,17 +111,7 @@ def config_default(name: str) -> Any:
 
 
 def add_training_options(parser: argparse.ArgumentParser) -> None:
-    """The options of one training run: data, batch, weights, precision, recipe, seed.
-
-    Every option is None unless given; ``training_fields`` then starts from the recipe and
-    TrainConfig's defaults (shown in the help) fill in the rest.
-    """
-
-    def add(flag: str, field: str, help: str, **kind: Any) -> None:
-        shown = str(config_default(field)).replace("%", "%%")
-        parser.add_argument(flag, help=f"{help} ({shown})", **kind)
-
-    add("--data", "data_dir", "data folder")
+    """Add ``--recipe``, the options of ``TRAINING_OPTIONS`` and ``--no-progress``."""
     parser.add_argument(
         "--recipe",
         default="default",
@@ -52,28 +119,9 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         help="named set of the options "
         "below; seed-notebook: flip-affine augmentation and plateau schedule (%(default)s)",
     )
-    add("--batch-size", "batch_size", "images per step and process", type=int)
-    add("--weight-decay", "weight_decay", "Adam L2 penalty", type=float)
-    add("--pretrained", "pretrained", "imagenet, none or PATH to a weights file")
-    add("--precision", "precision", "auto: bf16 where native, else fp32", choices=PRECISIONS)
-    add("--seed", "seed", "init, order, augmentation", type=int)
-    add(
-        "--augment",
-        "augment",
-        "flip-affine: the seed notebook's flip, rotation, shift, zoom ('seed' is its old "
-        "name); d4: flips and 90-degree turns",
-        choices=AUGMENTATIONS + tuple(AUGMENTATION_ALIASES),
-    )
-    add("--stretch", "stretch", "input stretch: none, log or arcsinh", choices=STRETCHES)
-    add(
-        "--schedule",
-        "schedule",
-        "plateau: ReduceLROnPlateau on the val AUC; onecycle: per-step warm-up, cosine decay",
-        choices=SCHEDULES,
-    )
-    add("--early-stopping", "early_stopping", "stop after N epochs without progress", type=int)
-    add("--device", "device", "auto, cpu, cuda[:N], mps")
-    add("--num-workers", "num_workers", "DataLoader workers when not in memory", type=int)
+    for option in TRAINING_OPTIONS:
+        shown = str(config_default(option.field)).replace("%", "%%")
+        parser.add_argument(option.flag, help=f"{option.help} ({shown})", **option.kind)
     parser.add_argument(
         "--no-progress",
         action="store_true",
@@ -81,32 +129,13 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-TRAINING_FLAGS = {
-    "data": "data_dir",
-    "batch_size": "batch_size",
-    "weight_decay": "weight_decay",
-    "pretrained": "pretrained",
-    "precision": "precision",
-    "seed": "seed",
-    "augment": "augment",
-    "stretch": "stretch",
-    "schedule": "schedule",
-    "early_stopping": "early_stopping",
-    "device": "device",
-    "num_workers": "num_workers",
-}
-
-
-def training_fields(args: argparse.Namespace) -> dict[str, Any]:
-    """The TrainConfig fields of parsed arguments: the recipe's, then every option given."""
-    fields = recipe_fields(args.recipe)
-    for flag, field in TRAINING_FLAGS.items():
-        if getattr(args, flag) is not None:
-            fields[field] = getattr(args, flag)
-    for group in LAYER_GROUPS:
-        if getattr(args, f"lr_{group}", None) is not None:
-            fields[f"lr_{group}"] = getattr(args, f"lr_{group}")
-    return fields
+def training_fields(args: argparse.Namespace, *, with_rates: bool = True) -> dict[str, Any]:
+    """The TrainConfig fields of parsed arguments: the recipe's, then every option given
+    (``lensing.training.recipes.merge_options``); ``with_rates=False`` leaves out the
+    learning rates, which a search's grid sets."""
+    options = {field: getattr(args, flag) for flag, field in TRAINING_FLAGS.items()}
+    options |= {f"lr_{g}": getattr(args, f"lr_{g}", None) for g in LAYER_GROUPS}
+    return merge_options(args.recipe, options, with_rates=with_rates)
 
 
 def fail(error: BaseException | str, code: int) -> int:

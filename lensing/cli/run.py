@@ -1,4 +1,5 @@
-"""The main job (``make run``): pick the data, execute the notebook headless, leave the reports.
+"""``python -m lensing run``, the main job (``make run``): pick the data, execute the notebook
+headless, leave the reports.
 
 The real set in ``data/dataset`` is used when it is there; otherwise a small simulated set is
 written into ``data/simulated`` (never into ``data/dataset``, which is the real download's) and
@@ -9,20 +10,18 @@ the job says so. The notebook then runs under papermill with a profile's paramet
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
 import time
 from pathlib import Path
 
-from lensing.constants import (
-    MODELS_DIR,
-    NOTEBOOK,
-    REAL_DATA_DIR,
-    REPORTS_DIR,
-    SIMULATED_DATA_DIR,
-)
+from lensing.cli.options import EXIT_OK
+from lensing.constants import MODELS_DIR, NOTEBOOK, REPORTS_DIR
+from lensing.data.choice import choose_data
 from lensing.progress import NO_BARS_ENV
+from lensing.training.recipes import recipe_rates
 
 # Profiles. "quick" is sized for a 2-core laptop CPU: one combination, so that its few minutes
 # go to a model that learns something (README, Results, for the time it takes with and
@@ -34,7 +33,8 @@ PROFILES = {
         # (at 300 for 4 epochs every recipe stays near chance).
         "simulate": {"train": 400, "val": 100, "test": 150},  # images per class
         "parameters": {
-            "grid": {"early": [1e-3], "middle": [1e-3], "late": [1e-3], "fc": [1e-3]},
+            # One combination: the default recipe's rate for each layer group.
+            "grid": {group: [rate] for group, rate in recipe_rates("default").items()},
             "epochs_per_combination": 6,
             "additional_epochs": 0,
             "batch_size": 64,
@@ -45,22 +45,6 @@ PROFILES = {
         "parameters": {"grid": None, "epochs_per_combination": 10, "additional_epochs": 5},
     },
 }
-
-
-def choose_data(simulate_counts: dict[str, int], seed: int = 0) -> Path:
-    """The real set when it has been downloaded, otherwise a simulated one (made if needed)."""
-    if (REAL_DATA_DIR / "train").is_dir() and (REAL_DATA_DIR / "val").is_dir():
-        print(f"Using the real data set in {REAL_DATA_DIR}.")
-        return REAL_DATA_DIR
-    print(
-        f"No real data in {REAL_DATA_DIR} (get it with `python download_data.py`).\n"
-        f"Using a SIMULATED stand-in in {SIMULATED_DATA_DIR}: {simulate_counts} images per "
-        "class; results are labelled 'simulated'."
-    )
-    from lensing.simulate import simulate_dataset
-
-    simulate_dataset(SIMULATED_DATA_DIR, simulate_counts, seed=seed)
-    return SIMULATED_DATA_DIR
 
 
 def run_notebook(parameters: dict, notebook: Path = NOTEBOOK, out_dir: Path = REPORTS_DIR) -> Path:
@@ -104,6 +88,24 @@ def main_job(profile_name: str = "quick", seed: int = 0) -> Path:
         f"{REPORTS_DIR / 'figures'}"
     )
     return output
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m lensing run``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m lensing run",
+        description="The main job: the data (real, or simulated when absent), the notebook "
+        "headless, the reports.",
+    )
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
+    parser.add_argument("--seed", type=int, default=0, help="seed for simulation and training")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the main job with the parsed options; returns the exit code."""
+    main_job(args.profile, args.seed)
+    return EXIT_OK
 
 
 def _stream_cell_output() -> None:

@@ -13,11 +13,12 @@ import sys
 from pathlib import Path
 
 from lensing import constants
+from lensing.cli.options import EXIT_OK, EXIT_USAGE
 from lensing.constants import MANIFEST
 from lensing.simulate.presets import DEFAULT_PRESET, PRESETS, get_preset
 
 
-def get_args_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     """The parser of ``python -m lensing simulate``."""
     parser = argparse.ArgumentParser(
         prog="python -m lensing simulate",
@@ -75,9 +76,9 @@ def _check(parser: argparse.ArgumentParser, folder: Path, n: int) -> int:
     try:
         report = likeness(folder, n)
     except ValueError as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
+        parser.exit(EXIT_USAGE, f"{parser.prog}: error: {error}\n")
     print(likeness_table(report))
-    return 0
+    return EXIT_OK
 
 
 def _preset(parser: argparse.ArgumentParser, args: argparse.Namespace):
@@ -91,12 +92,12 @@ def _preset(parser: argparse.ArgumentParser, args: argparse.Namespace):
     return get_preset(args.preset, substructure_mass=args.substructure_mass)
 
 
-def cli(argv: list[str] | None = None) -> int:
-    """Run ``python -m lensing simulate`` with ``argv``; returns the exit status."""
+def run(args: argparse.Namespace) -> int:
+    """Simulate (or ``--check``) with the parsed options; returns the exit status. A bad
+    input exits 2 through the parser (SystemExit), with the parser's usage line."""
     from lensing.simulate.writer import simulate_dataset
 
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
+    parser = build_parser()  # for its usage errors
     if args.check is not None:
         return _check(parser, args.check, args.check_n)
     missing = [f"--{name}" for name in ("train", "val") if getattr(args, name) is None]
@@ -109,7 +110,7 @@ def cli(argv: list[str] | None = None) -> int:
             args.out, counts, args.seed, args.workers, args.force, not args.quiet, preset
         )
     except ValueError as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
+        parser.exit(EXIT_USAGE, f"{parser.prog}: error: {error}\n")
     run = manifest["_run"]
     total = run["written"] + run["skipped"]
     rate = run["written"] / run["seconds"] if run["seconds"] > 0 else float("nan")
@@ -119,4 +120,4 @@ def cli(argv: list[str] | None = None) -> int:
         f"simulated data, preset {manifest['preset']!r} (see {args.out / MANIFEST})",
         file=sys.stderr,
     )
-    return 0
+    return EXIT_OK

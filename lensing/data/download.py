@@ -1,37 +1,31 @@
 """Fetch, verify and unpack the real data set (ML4SCI DeepLense "Common Test I") into data/dataset.
 
-    python download_data.py [--url URL] [--out data] [--sha256 HEX] [--force] [--keep-zip]
+Its command line, ``python download_data.py`` or ``python -m lensing download`` (options and
+exit codes), is :mod:`lensing.cli.download`; :func:`install_dataset` is the whole job.
 
 gdown fetches ``<out>/dataset.zip`` (a Google Drive URL or id, a mirror, any http(s) URL)
 through a ``.part`` file that a later run resumes; a ``dataset.zip`` already there is used as it
 is, so a copy brought by hand works offline. lensing.data.archive then checks the sha256, refuses
 unsafe entries and a wrong layout before a byte is extracted, and unpacks into a staging folder
 that gets the provenance marker ``source.json`` and is renamed to ``<out>/dataset`` in one step;
-``--force`` moves the old set away only once the new one is valid.
-
-Exit codes: 0 done (or nothing to do), 1 I/O error (e.g. disk full), 2 bad option, 3 no
-network, 4 the server refused or the download broke off, 5 checksum mismatch, 6 corrupt
-archive, 7 unsafe archive entry, 8 wrong layout, 9 ``<out>/dataset`` exists but is not a valid
-real data set (use --force), 130 interrupted.
+``force`` moves the old set away only once the new one is valid. Each expected failure is a
+:class:`~lensing.data.archive.DownloadDataError`; the command maps each kind to an exit code.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
-import sys
-from collections.abc import Callable
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from lensing.atomic import atomic_write_json
+from lensing.constants import DATA_DIR, MANIFEST
 from lensing.data import archive
 from lensing.data.archive import DATASET_NAME, DownloadDataError
-from lensing.constants import DATA_DIR, MANIFEST
-from lensing.atomic import atomic_write_json
 
 DRIVE_FILE_ID = "1ZEyNMEO43u3qhJAwJeBZxFBEYc_pVYZQ"  # dataset.zip of DeepLense Common Test I
 DEFAULT_URL = f"https://drive.google.com/uc?id={DRIVE_FILE_ID}"
@@ -48,20 +42,19 @@ SIMULATE_HINT = (
 # Query parameters that may carry an access secret (signed mirror URLs, Drive resource keys);
 # they are dropped before a URL is written into the marker.
 SECRET_QUERY = re.compile(r"(?i)token|key|secret|sig|pass|pwd|auth|cred|session|^x-(amz|goog)-")
-URL_HELP = "Google Drive URL or id, or http(s) URL of dataset.zip (default: Common Test I)"
 MARKER_MAX_BYTES = 1 << 16  # a marker is a few hundred bytes; anything larger is not one
 
 
 class UnreachableError(DownloadDataError):
-    exit_code = 3
+    """No network, a refused connection, a DNS failure or a timeout."""
 
 
 class DownloadFailedError(DownloadDataError):
-    exit_code = 4
+    """The server answered but did not hand out the archive, or the download broke off."""
 
 
 class ExistingDataError(DownloadDataError):
-    exit_code = 9
+    """``<out>/dataset`` exists but is not a valid real data set (replace it with force)."""
 
 
 def download(
@@ -81,7 +74,7 @@ def download(
     import requests
     from gdown.exceptions import DownloadError, FileURLRetrievalError
 
-    url = _normalize_url(url)
+    url = normalize_url(url)
     dest = Path(dest)
     if dest.is_file():
         # gdown's own skip comes after its first request, which would fail offline.
@@ -138,7 +131,7 @@ def _gdown_resuming(url: str, dest: Path, kwargs: dict) -> None:
         gdown.download(url=url, output=str(dest), **kwargs)
 
 
-def _normalize_url(url: str) -> str:
+def normalize_url(url: str) -> str:
     """An http(s) URL as it is; a bare Google Drive file id as its download URL."""
     url = url.strip()
     if re.fullmatch(r"[-\w]{20,}", url):
@@ -261,60 +254,6 @@ def _reject(zip_path: Path) -> Path | None:
     return rejected
 
 
-def _option(parse: Callable[[str], object]) -> Callable[[str], object]:
-    # An argparse type: parse's ValueError becomes the usage error (exit 2) with its message.
-    def check(text: str) -> object:
-        try:
-            return parse(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return check
-
-
-def _count(text: str) -> int:
-    if not text.isdigit():
-        raise ValueError(f"{text!r} is not a count; expected an integer >= 0")
-    return int(text)
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < float("inf"):
-        raise ValueError(f"{text!r} is not a duration; expected seconds > 0")
-    return value
-
-
-def _sha256(text: str) -> str:
-    if not re.fullmatch(r"[0-9a-fA-F]{64}", text.strip()):
-        raise ValueError(f"{text!r} is not a sha256; expected 64 hex digits")
-    return text.strip().lower()
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    """The options of ``python download_data.py`` (see the module docstring)."""
-    parser = argparse.ArgumentParser(
-        prog="download_data.py",
-        description="Download, verify and unpack the real data set into OUT/dataset.",
-        epilog="Exit codes: 0 done, 1 I/O error, 2 bad option, 3 no network, 4 download "
-        "failed, 5 checksum mismatch, 6 corrupt archive, 7 unsafe archive, 8 wrong layout, "
-        "9 OUT/dataset exists but is not valid (use --force), 130 interrupted.",
-    )
-    add = parser.add_argument
-    add("--url", default=DEFAULT_URL, type=_option(_normalize_url), help=URL_HELP)
-    add("--out", type=Path, default=DATA_DIR, help="folder for dataset.zip and dataset/ (data/)")
-    add("--sha256", type=_option(_sha256), help="expected sha256 of dataset.zip")
-    add("--force", action="store_true", help="replace OUT/dataset (once the new one is valid)")
-    add("--keep-zip", action="store_true", help="keep OUT/dataset.zip after extracting")
-    add("--retries", type=_option(_count), default=3, help="retries on a dropped connection (3)")
-    add("--timeout", type=_option(_seconds), default=60.0, help="seconds to wait for a server")
-    add("--quiet", action="store_true", help="no progress bars")
-    return parser
-
-
 def _existing_counts(dest: Path) -> dict[str, dict[str, int]]:
     """validate_layout of a set already in ``dest``; ExistingDataError when it is no real set."""
     if (dest / MANIFEST).exists():
@@ -330,19 +269,20 @@ def _existing_counts(dest: Path) -> dict[str, dict[str, int]]:
     )
 
 
-def _verify_and_install(args: argparse.Namespace, zip_path: Path, dest: Path) -> dict:
+def _verify_and_install(
+    zip_path: Path, dest: Path, url: str, sha256: str | None, force: bool, progress: bool
+) -> dict:
     """Hash, check and unpack ``zip_path`` into ``dest`` with its marker; reject a bad zip."""
-    progress = not args.quiet
     try:
-        if args.sha256:
-            digest = archive.verify_sha256(zip_path, args.sha256, progress=progress)
+        if sha256:
+            digest = archive.verify_sha256(zip_path, sha256, progress=progress)
             print(f"sha256 OK: {digest}")
         else:
             digest = archive.sha256_file(zip_path, progress=progress)
             print(f"sha256 of {zip_path}: {digest}")
-        mark = partial(write_source_marker, archive_sha256=digest, url=args.url)
+        mark = partial(write_source_marker, archive_sha256=digest, url=url)
         return archive.install_archive(
-            zip_path, dest, force=args.force, progress=progress, finish=mark
+            zip_path, dest, force=force, progress=progress, finish=mark
         )
     except (archive.ChecksumError, archive.BadArchiveError, archive.LayoutError) as exc:
         rejected = _reject(zip_path)
@@ -351,47 +291,41 @@ def _verify_and_install(args: argparse.Namespace, zip_path: Path, dest: Path) ->
         raise
 
 
-def run(args: argparse.Namespace) -> int:
-    """Carry out the parsed options of get_args_parser(); returns 0 or raises."""
-    out = Path(args.out)
+def install_dataset(
+    url: str = DEFAULT_URL,
+    out: str | Path = DATA_DIR,
+    *,
+    sha256: str | None = None,
+    force: bool = False,
+    keep_zip: bool = False,
+    retries: int = 3,
+    timeout: float = 60.0,
+    quiet: bool = False,
+) -> None:
+    """Download ``url`` to ``<out>/dataset.zip``, verify it and unpack it into
+    ``<out>/dataset`` with its provenance marker; nothing to do when a valid set is there.
+
+    url: as :func:`download` takes it; sha256: the archive's expected hex digest (None: only
+    printed); force: replace ``<out>/dataset`` once the new set is valid; keep_zip: leave the
+    archive beside it; retries, timeout, quiet: as :func:`download` takes them.
+    Raises a DownloadDataError for each expected failure, OSError for an I/O error.
+    """
+    out = Path(out)
     dest, zip_path = out / DATASET_NAME, out / ZIP_NAME
     archive.tidy_leftovers(out, dest)
-    if dest.exists() and not args.force:
+    if dest.exists() and not force:
         counts = _existing_counts(dest)
         print(f"{dest} already holds a valid data set; nothing to do (--force to redo):")
         print(archive.format_counts(counts))
         if read_source_marker(dest) is None:
             print(f"  (no {SOURCE_MARKER} provenance marker; --force unpacks it again with one)")
-        return 0
+        return
 
-    download(args.url, zip_path, quiet=args.quiet, retries=args.retries, timeout=args.timeout)
-    counts = _verify_and_install(args, zip_path, dest)
-    if not args.keep_zip:
+    download(url, zip_path, quiet=quiet, retries=retries, timeout=timeout)
+    counts = _verify_and_install(zip_path, dest, url, sha256, force, progress=not quiet)
+    if not keep_zip:
         zip_path.unlink(missing_ok=True)
     print(f"{dest} is ready (provenance in {dest / SOURCE_MARKER}):")
     print(archive.format_counts(counts))
     if "test" not in counts:
         print("  (no test/ split: lensing cuts a fixed stratified test share from train/)")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The command line; returns the exit code (see the module docstring).
-
-    argv: list of str, the options (None: sys.argv[1:]); a bad option raises SystemExit(2).
-    """
-    args = get_args_parser().parse_args(argv)
-    try:
-        return run(args)
-    except DownloadDataError as exc:
-        print(f"error: {str(exc).rstrip()}", file=sys.stderr)
-        return exc.exit_code
-    except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; nothing is half-installed; the download resumes", file=sys.stderr)
-        return 130
-
-
-cli = main  # the name lensing.__main__ calls a sub-command by

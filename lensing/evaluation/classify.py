@@ -1,8 +1,7 @@
 """Classifying image files with a trained model, one CSV row per file.
 
-``python -m lensing predict [--checkpoint models/best_model.pth] INPUT... [--out
-predictions.csv] [--tta] [--batch-size N] [--device D] [--precision P] [--hdu N|NAME]
-[--resize] [--fill-nonfinite] [--no-progress]``
+Its command line, ``python -m lensing predict INPUT...`` (options and exit codes), is
+:mod:`lensing.cli.predict`.
 
 INPUTs are image files (``.npy``, ``.fits``, ``.fit``, ``.fits.gz``) and folders, searched
 recursively (:func:`lensing.data.readers.image.find_images`). Every file gets a row: ``path``,
@@ -14,17 +13,12 @@ done to its pixels: filled, resampled; usually empty). A file that cannot be cla
 stops the run. Images are read and classified a batch at a time, so memory follows
 ``--batch-size``, not the number of files. The checkpoint's input stretch is applied, so a
 file's probabilities are those ``evaluate`` computes for the same image at the same precision.
-
-Exit codes: 0 every input got its row (refused files included); 1 the checkpoint could not be
-used, no image file was found, or the CSV could not be written; 2 a bad option.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +28,7 @@ import pandas as pd
 import torch
 
 from lensing.atomic import atomic_write_bytes
-from lensing.constants import CLASSES, IMAGE_SIZE, MODELS_DIR, PRECISIONS
+from lensing.constants import CLASSES, IMAGE_SIZE
 from lensing.data.readers.image import (
     NOTE_FILLED,
     NOTE_RESAMPLED,
@@ -47,11 +41,7 @@ from lensing.evaluation.calibration import apply_temperature, logits_from_probs
 from lensing.evaluation.inference import batch_probabilities, load_trained_model
 from lensing.progress import bar
 from lensing.runtime import pick_device, resolve_precision
-from lensing.training.checkpoint import CheckpointError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-DEFAULT_CHECKPOINT = MODELS_DIR / "best_model.pth"
-DEFAULT_OUT = "predictions.csv"
 PROB_COLUMNS = tuple(f"p_{name}" for name in CLASSES)
 CALIBRATED_COLUMNS = tuple(f"pc_{name}" for name in CLASSES)
 
@@ -191,81 +181,3 @@ def _frame(rows: list[dict[str, Any]], temperature: float | None) -> pd.DataFram
         for i, column in enumerate(CALIBRATED_COLUMNS):
             frame.insert(frame.columns.get_loc("error"), column, calibrated[:, i])
     return frame
-
-
-def _hdu(text: str) -> int | str:
-    return int(text) if text.isdigit() else text
-
-
-def _batch_size(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value}; expected an int >= 1")
-    return value
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    """The options of ``python -m lensing predict`` (see the module docstring)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m lensing predict",
-        description="Classify image files (.npy, FITS) with a trained model into a CSV.",
-    )
-    add = parser.add_argument
-    add("inputs", nargs="+", metavar="INPUT", help="image files and folders (searched deeply)")
-    add("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="model (%(default)s)")
-    add("--out", type=Path, default=Path(DEFAULT_OUT), help="CSV to write (%(default)s)")
-    add("--tta", action="store_true", help="average over the 8 rotations and flips")
-    add("--batch-size", type=_batch_size, default=64, help="images at once (%(default)s)")
-    add("--device", default="auto", help="auto, cpu, cuda[:N] or mps (%(default)s)")
-    add(
-        "--precision",
-        default="auto",
-        choices=PRECISIONS,
-        help="auto: bf16 on CPUs with native bf16 and on GPUs, else fp32 (%(default)s)",
-    )
-    add("--hdu", type=_hdu, help="FITS HDU index or EXTNAME (default: first with an image)")
-    add("--resize", action="store_true", help="resample images that are not 150x150")
-    add(
-        "--fill-nonfinite",
-        action="store_true",
-        help="replace NaN and inf pixels with the finite minimum instead of refusing the file",
-    )
-    add("--no-progress", action="store_true", help="no progress bar")
-    return parser
-
-
-def cli(argv: list[str] | None = None) -> int:
-    """Run ``python -m lensing predict ARGV``; returns the exit code (module docstring)."""
-    args = get_args_parser().parse_args(argv)
-    try:
-        device = pick_device(args.device)
-        precision = resolve_precision(args.precision, device)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        frame = classify_files(
-            args.checkpoint,
-            args.inputs,
-            tta=args.tta,
-            batch_size=args.batch_size,
-            device=device,
-            precision=precision,
-            hdu=args.hdu,
-            fill_nonfinite=args.fill_nonfinite,
-            resize=args.resize,
-            progress=not args.no_progress,
-        )
-    except (CheckpointError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_FAILED
-    if frame.empty:
-        print(f"error: no image file under {', '.join(args.inputs)}", file=sys.stderr)
-        return EXIT_FAILED
-    try:
-        write_predictions(frame, args.out)
-    except OSError as err:
-        print(f"error: cannot write {args.out}: {err}", file=sys.stderr)
-        return EXIT_FAILED
-    print(f"{summary_line(frame)}; wrote {args.out}")
-    return EXIT_OK

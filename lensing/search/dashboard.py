@@ -7,38 +7,28 @@ state, the validation AUC of each epoch, and the user attributes the search stam
 
 The dashboard is read-only unless ``--allow-writes``: optuna-dashboard's web page can also
 delete studies and change trials, which a search still running would not expect.
+
+The storage is opened, and its password hidden, by :mod:`lensing.search.storage`; the command
+line (options, exit codes) is :mod:`lensing.cli.dashboard`.
 """
 
 from __future__ import annotations
 
-import argparse
 import socketserver
-import sys
 from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from lensing.constants import MODELS_DIR
+from lensing.search.storage import SEARCH_DB, default_storage, open_storage, redact
 
 DEFAULT_HOST = "127.0.0.1"  # only this machine; say --host 0.0.0.0 to serve a network
 DEFAULT_PORT = 8080  # optuna-dashboard's own default
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-DB_NAME = "grid_search.db"  # the search's default SQLite file in its models folder
 
 
 class DashboardError(RuntimeError):
     """A storage the dashboard cannot show (missing file, unreachable server, no tables)."""
-
-
-def redact(url: str) -> str:
-    """The URL with its password replaced by ``***``, safe to print."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # an unparseable URL: show only its scheme, it may hold anything
-        scheme = url.partition("://")[0] if "://" in url else "?"
-        return f"{scheme}://(unparseable URL)"
 
 
 def resolve_storage(storage: str | None, out_dir: str | Path = MODELS_DIR) -> str:
@@ -48,22 +38,22 @@ def resolve_storage(storage: str | None, out_dir: str | Path = MODELS_DIR) -> st
     empty database and show nothing, when the real search is somewhere else.
     """
     if storage is None:
-        db = Path(out_dir).resolve() / DB_NAME
-        storage = f"sqlite:///{db}"
+        storage = default_storage(out_dir)
     if storage.startswith("sqlite"):
         path = storage.partition(":///")[2]
         if not path or path == ":memory:":
             raise DashboardError(f"storage {storage!r}; expected an SQLite file of a search")
         if not Path(path).is_file():
             raise DashboardError(
-                f"no search database {path}; expected the grid_search.db of a search: run "
+                f"no search database {path}; expected the {SEARCH_DB} of a search: run "
                 "`python -m lensing search` first, or pass --out DIR or --storage URL"
             )
     return storage
 
 
-def open_storage(url: str) -> tuple[Any, list[tuple[str, int]]]:
-    """Optuna's RDB storage at ``url`` (tables never created) and its studies' (name, trials).
+def read_studies(url: str) -> tuple[Any, list[tuple[str, int]]]:
+    """The search storage at ``url`` (``open_storage(url, existing=True)``: tables never
+    created) and its studies' (name, number of trials).
 
     Raises DashboardError with the password-free URL when it cannot be read.
     """
@@ -71,9 +61,7 @@ def open_storage(url: str) -> tuple[Any, list[tuple[str, int]]]:
     import sqlalchemy
 
     try:
-        storage = optuna.storages.RDBStorage(
-            url, skip_compatibility_check=True, skip_table_creation=True
-        )
+        storage = open_storage(url, existing=True)
         studies = [
             (s.study_name, len(storage.get_all_trials(s._study_id, deepcopy=False)))
             for s in storage.get_all_studies()
@@ -83,7 +71,7 @@ def open_storage(url: str) -> tuple[Any, list[tuple[str, int]]]:
         # never the password.
         cause = error.__cause__ if isinstance(error.__cause__, Exception) else error
         raise DashboardError(
-            f"cannot read the search storage {redact(url)}: {_first_line(cause)}"
+            f"cannot read the search storage {redact(url)}: {redact(_first_line(cause))}"
         ) from None
     except (ImportError, ValueError) as error:  # no such driver, a malformed URL
         raise DashboardError(f"cannot open the search storage {redact(url)}: {error}") from None
@@ -129,7 +117,7 @@ def make_dashboard(
     """
     from optuna_dashboard import wsgi
 
-    storage, studies = open_storage(storage_url)
+    storage, studies = read_studies(storage_url)
     app = wsgi(storage)
     if not allow_writes:
         app = read_only(app)
@@ -148,57 +136,3 @@ def make_dashboard(
 def dashboard_url(host: str, port: int) -> str:
     shown = f"[{host}]" if ":" in host else host
     return f"http://{shown}:{port}/dashboard/"
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m lensing dashboard",
-        description="Watch the grid search live in optuna-dashboard (read-only by default).",
-    )
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument(
-        "--storage", help="the search's SQLAlchemy URL (default sqlite:///<out>/grid_search.db)"
-    )
-    where.add_argument(
-        "--out", type=Path, default=MODELS_DIR, help="the search's models folder (%(default)s)"
-    )
-    parser.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help="port, 0 for any free one (%(default)s)"
-    )
-    parser.add_argument(
-        "--host", default=DEFAULT_HOST, help="address to listen on (%(default)s: this machine)"
-    )
-    parser.add_argument(
-        "--allow-writes",
-        action="store_true",
-        help="let the web page delete studies and change trials (off: read-only)",
-    )
-    return parser
-
-
-def cli(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    if not 0 <= args.port <= 65535:
-        print(f"error: --port {args.port}; expected 0-65535", file=sys.stderr)
-        return 2
-    try:
-        url = resolve_storage(args.storage, args.out)
-        server, studies = make_dashboard(url, args.host, args.port, args.allow_writes)
-    except DashboardError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    listed = ", ".join(f"{name!r} ({n} trials)" for name, n in studies) or "no study yet"
-    print(f"[dashboard] {redact(url)}: {listed}", flush=True)
-    print(f"[dashboard] open {dashboard_url(args.host, server.server_port)}", flush=True)
-    print("[dashboard] Ctrl-C stops it", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        print("\n[dashboard] stopped", flush=True)
-    finally:
-        server.server_close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(cli())

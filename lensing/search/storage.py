@@ -9,6 +9,8 @@
   before use (``pool_pre_ping``), so a restarted server costs a reconnect, not the worker; a
   heartbeat missed while the server is away is logged and retried on the next beat.
 - A URL's password is never printed: :func:`redact` it first.
+- ``open_storage(url, existing=True)`` only looks at a storage a search has made (the
+  dashboard, :mod:`lensing.search.dashboard`).
 """
 
 from __future__ import annotations
@@ -42,9 +44,16 @@ def default_storage(out_dir: str | Path = MODELS_DIR) -> str:
     return f"sqlite:///{Path(out_dir).resolve() / SEARCH_DB}"
 
 
-def redact(url: str) -> str:
-    """The storage URL without its password, for logs, errors and returned values."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+# scheme://user:password@host...: the password runs to the last "@" before a host (no "@",
+# "/", "?" or "#" in it), so a password holding "@", ":" or "/" is hidden whole; the user name
+# may hold "@" (up to its ":"), as SQLAlchemy parses it. A URL never spans whitespace.
+_URL_PASSWORD = re.compile(r"([A-Za-z][\w+.-]*://[^:/\s]*):\S*@([^@/?#\s]*)")
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***``, for logs, errors
+    and returned values: a storage URL, or an error message that quotes one."""
+    return _URL_PASSWORD.sub(r"\1:***@\2", text)
 
 
 def engine_url(url: str) -> str:
@@ -84,6 +93,8 @@ def open_storage(
     heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
     grace_period: int = GRACE_PERIOD_S,
     max_retry: int | None = MAX_RETRY,
+    *,
+    existing: bool = False,
 ) -> RDBStorage:
     """Optuna RDB storage with heartbeats on, re-queueing trials whose worker died.
 
@@ -95,7 +106,13 @@ def open_storage(
     heartbeat_interval : seconds between a running trial's heartbeats.
     grace_period : seconds without a heartbeat after which a running trial is failed and retried.
     max_retry : automatic retries of one combination after dead workers (None: no limit).
+    existing : True opens a storage a search has made, to look at it (the dashboard): no
+        table is created and the schema version is not checked, no folder is made, no
+        heartbeat is set up and nothing is retried; errors are raised as they come (an
+        ``sqlalchemy.exc.SQLAlchemyError`` or Optuna's ``StorageInternalError`` on first use).
     """
+    if existing:
+        return _open_existing(engine_url(url))
     if heartbeat_interval <= 0 or grace_period <= 0:
         raise ValueError(
             f"heartbeat_interval {heartbeat_interval!r} and grace_period {grace_period!r}: "
@@ -119,6 +136,20 @@ def open_storage(
     if sqlite:
         sqlalchemy.event.listen(storage.engine, "begin", _begin_immediately)
     return storage
+
+
+def _open_existing(url: str) -> RDBStorage:
+    # Reads stay outside write transactions (sqlite3's own default), so watching a search
+    # never takes the write lock its workers need.
+    engine_kwargs: dict = {"pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
+    return RDBStorage(
+        url,
+        engine_kwargs=engine_kwargs,
+        skip_compatibility_check=True,
+        skip_table_creation=True,
+    )
 
 
 def _connect(

@@ -28,6 +28,7 @@ _EXPORTS = {
     "RECIPES": "recipes",
     "recipe_fields": "recipes",
     "merge_options": "recipes",
+    "recipe_rates": "recipes",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS)

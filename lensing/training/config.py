@@ -20,8 +20,8 @@ from lensing.constants import (
     SCHEDULES,
     STRETCHES,
     canonical_augmentation,
-    default_data_dir,
 )
+from lensing.data.choice import default_data_dir
 
 
 @dataclass
@@ -60,6 +60,7 @@ class TrainConfig:
     in_memory: bool = True  # hold each split as one tensor (2.7 GB for the real train set)
     eval_batch_size: int = 256  # images per forward pass in validation
     channels_last: bool = True  # NHWC memory layout (faster convolutions, needed for CPU bf16)
+    compile: bool = False  # torch.compile the model (GPUs: faster steps after a warm-up)
 
     def __post_init__(self) -> None:
         self.data_dir = str(self.data_dir)

@@ -45,21 +45,19 @@ from lensing.constants import CLASSES, LAYER_GROUPS
 from lensing.data.batches import TrainBatches
 from lensing.data.dataset import LensingDataset
 from lensing.progress import format_seconds, say
-from lensing.runtime import pick_device, resolve_precision, seed_everything
+from lensing.runtime import pick_device, resolve_precision
 from lensing.training import distributed
 from lensing.training.checkpoint import (
     CHECKPOINT,
     Checkpointer,
     CheckpointError,
-    augment_seed,
-    capture_rng,
     first_line,
     read_resume_state,
-    restore_rng,
 )
 from lensing.training.config import TrainConfig
 from lensing.training.model import build_model, prepare_model
 from lensing.training.optim import current_lrs, make_optimizer, make_scheduler
+from lensing.training.rng import augment_seed, capture_rng, restore_rng, seed_everything
 from lensing.training.steps import train_one_epoch, validate
 
 __all__ = ["TrainConfig", "fit", "load_datasets"]
@@ -223,7 +221,7 @@ def _set_up(
         "augment": torch.Generator().manual_seed(augment_seed(config.seed, world.rank)),
     }
     model, pretrained = _initial_model(config, state)
-    model = prepare_model(model, device, config.channels_last)
+    model = prepare_model(model, device, config.channels_last, compile_model=config.compile)
     optimizer = make_optimizer(model, config.learning_rates(), config.weight_decay)
     batches = TrainBatches(
         datasets["train"], config.batch_size, generators["data"], device, config.num_workers

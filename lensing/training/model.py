@@ -213,6 +213,7 @@ def prepare_model(
     channels_last: bool = True,
     *,
     data_parallel: bool | None = None,
+    compile_model: bool = False,
 ) -> nn.Module:
     """The model on ``device`` in its memory layout: the one place where it gets wrapped.
 
@@ -220,6 +221,7 @@ def prepare_model(
         each backward pass, rank 0's weights copied to every rank here); None: when a
         process group of more than one process is initialized. The plain model is then
         ``lensing.runtime.unwrap(model)``.
+    compile_model: wrap it in ``torch.compile`` (last, so DDP's hooks are traced with it).
     """
     model = model.to(device)
     if channels_last:
@@ -233,4 +235,6 @@ def prepare_model(
             # Gradients live in the communication buckets: no copy in and out of them.
             gradient_as_bucket_view=True,
         )
+    if compile_model:
+        model = torch.compile(model)
     return model

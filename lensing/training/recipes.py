@@ -1,7 +1,8 @@
 """Named training recipes: a set of TrainConfig values chosen together.
 
 ``--recipe NAME`` (train, search) and the notebook's ``recipe`` parameter start from one of
-these; any option given explicitly overrides the recipe's value.
+these; any option given explicitly overrides the recipe's value. Both go through
+:func:`merge_options`, so the command line and the notebook build the same run.
 
 - ``"default"``: the package's defaults, chosen by measurement (the README's Performance
   section): the 8 exact flips and quarter turns (``d4``), a one-cycle schedule, every layer
@@ -13,7 +14,11 @@ these; any option given explicitly overrides the recipe's value.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+
+from lensing.constants import LAYER_GROUPS
+from lensing.training.config import TrainConfig
 
 RECIPES: dict[str, dict[str, Any]] = {
     "default": {},
@@ -34,3 +39,27 @@ def recipe_fields(name: str) -> dict[str, Any]:
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; expected one of {sorted(RECIPES)}")
     return dict(RECIPES[name])
+
+
+def merge_options(
+    recipe: str, options: Mapping[str, Any], *, with_rates: bool = True
+) -> dict[str, Any]:
+    """The TrainConfig fields of one run: recipe ``recipe``'s, then every option that is set.
+
+    options: TrainConfig field -> value; ``None`` means "not given" and keeps the recipe's
+        value (or, where the recipe has none, TrainConfig's default).
+    with_rates: False drops the learning rates (``lr_<group>``), which a search's grid sets.
+    """
+    fields = recipe_fields(recipe)
+    fields |= {name: value for name, value in options.items() if value is not None}
+    if not with_rates:
+        for group in LAYER_GROUPS:
+            fields.pop(f"lr_{group}", None)
+    return fields
+
+
+def recipe_rates(name: str) -> dict[str, float]:
+    """The learning rate of each layer group under recipe ``name`` (group -> rate)."""
+    fields = recipe_fields(name)
+    defaults = TrainConfig.__dataclass_fields__
+    return {g: fields.get(f"lr_{g}", defaults[f"lr_{g}"].default) for g in LAYER_GROUPS}

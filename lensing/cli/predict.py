@@ -1,0 +1,106 @@
+"""``python -m lensing predict``: classify image files with a trained model into a CSV.
+
+``python -m lensing predict [--checkpoint models/best_model.pth] INPUT... [--out
+predictions.csv] [--tta] [--batch-size N] [--device D] [--precision P] [--hdu N|NAME]
+[--resize] [--fill-nonfinite] [--no-progress]``
+
+The work and the CSV's columns: :mod:`lensing.evaluation.classify`.
+
+Exit codes (``lensing.cli.options``): 0 every input got its row (refused files included);
+1 the checkpoint could not be used, no image file was found, or the CSV could not be
+written; 2 a bad option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lensing.cli.options import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from lensing.constants import MODELS_DIR, PRECISIONS
+
+DEFAULT_CHECKPOINT = MODELS_DIR / "best_model.pth"
+DEFAULT_OUT = "predictions.csv"
+
+
+def _hdu(text: str) -> int | str:
+    return int(text) if text.isdigit() else text
+
+
+def _batch_size(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}; expected an int >= 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m lensing predict`` (see the module docstring)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m lensing predict",
+        description="Classify image files (.npy, FITS) with a trained model into a CSV.",
+    )
+    add = parser.add_argument
+    add("inputs", nargs="+", metavar="INPUT", help="image files and folders (searched deeply)")
+    add("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="model (%(default)s)")
+    add("--out", type=Path, default=Path(DEFAULT_OUT), help="CSV to write (%(default)s)")
+    add("--tta", action="store_true", help="average over the 8 rotations and flips")
+    add("--batch-size", type=_batch_size, default=64, help="images at once (%(default)s)")
+    add("--device", default="auto", help="auto, cpu, cuda[:N] or mps (%(default)s)")
+    add(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="auto: bf16 on CPUs with native bf16 and on GPUs, else fp32 (%(default)s)",
+    )
+    add("--hdu", type=_hdu, help="FITS HDU index or EXTNAME (default: first with an image)")
+    add("--resize", action="store_true", help="resample images that are not 150x150")
+    add(
+        "--fill-nonfinite",
+        action="store_true",
+        help="replace NaN and inf pixels with the finite minimum instead of refusing the file",
+    )
+    add("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Classify with the parsed options and write the CSV; returns the exit code (module
+    docstring)."""
+    from lensing.evaluation.classify import classify_files, summary_line, write_predictions
+    from lensing.runtime import pick_device, resolve_precision
+    from lensing.training.checkpoint import CheckpointError
+
+    try:
+        device = pick_device(args.device)
+        precision = resolve_precision(args.precision, device)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        frame = classify_files(
+            args.checkpoint,
+            args.inputs,
+            tta=args.tta,
+            batch_size=args.batch_size,
+            device=device,
+            precision=precision,
+            hdu=args.hdu,
+            fill_nonfinite=args.fill_nonfinite,
+            resize=args.resize,
+            progress=not args.no_progress,
+        )
+    except (CheckpointError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    if frame.empty:
+        print(f"error: no image file under {', '.join(args.inputs)}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        write_predictions(frame, args.out)
+    except OSError as err:
+        print(f"error: cannot write {args.out}: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{summary_line(frame)}; wrote {args.out}")
+    return EXIT_OK
