@@ -230,8 +230,11 @@ def device_info(device: Any) -> dict:
     return info
 
 
-def measure(device: Any, profile_name: str, data: Path | None, out: Path, parts: list[str]):
-    """Every measurement of ``parts`` ("speed", "full"); returns the report written as JSON."""
+def measure(device: Any, profile_name: str, data: Path | None, work: Path, parts: list[str]):
+    """Every measurement of ``parts`` ("speed", "full"); returns the report written as JSON.
+
+    work: where the full run writes its models and reports.
+    """
     profile = PROFILES[profile_name]
     report: dict[str, Any] = {
         "profile": profile_name,
@@ -254,7 +257,7 @@ def measure(device: Any, profile_name: str, data: Path | None, out: Path, parts:
     if "full" in parts:
         if data is None:
             raise ValueError("the full run needs --data DIR (a set with train/ and val/)")
-        report["full"] = full_run(device, data, out.parent / "gpu_full_run", profile)
+        report["full"] = full_run(device, data, work, profile)
     return report
 
 
@@ -292,6 +295,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=REPORTS_DIR / "gpu_benchmark.json", help="(%(default)s)"
     )
     parser.add_argument("--data", type=Path, help="set for the full run (train/, val/)")
+    parser.add_argument(
+        "--work", type=Path, default=REPORTS_DIR / "gpu_work", help="the full run's models"
+    )
     parser.add_argument("--parts", nargs="+", choices=("speed", "full"), default=["speed", "full"])
     parser.add_argument("--device", default="cuda", help="cuda, cuda:N, or cpu with --tiny")
     parser.add_argument(
@@ -319,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     if kind == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     started = time.perf_counter()
-    report = measure(device, "tiny" if args.tiny else "full", args.data, args.out, args.parts)
+    report = measure(device, "tiny" if args.tiny else "full", args.data, args.work, args.parts)
     report["seconds"] = time.perf_counter() - started
     report["command"] = "python -m benchmarks.gpu " + " ".join(argv or sys.argv[1:])
     atomic_write_json(args.out, report)

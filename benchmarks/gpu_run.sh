@@ -3,10 +3,12 @@
 #
 #   bash benchmarks/gpu_run.sh --fetch-wheels .whl      # here, with the package index: the
 #                                                       # wheels of benchmarks/gpu_wheels.txt
-#   bash benchmarks/gpu_run.sh --wheels .whl --out DIR  # there: the whole run, about 8 minutes
+#   bash benchmarks/gpu_run.sh --wheels .whl --out DIR [--work DIR]  # there: the whole run,
+#                                                       # about 8 minutes
 #   bash benchmarks/gpu_run.sh --tiny --out DIR         # any CPU: the same steps on tiny data
 #
-# Steps, each timed and logged to DIR/gpu_run.log, with a summary in DIR/gpu_run.json:
+# Steps, each timed and logged to DIR/gpu_run.log, with a summary in DIR/gpu_run.json (the
+# simulated set and the full run's models go to --work, by default DIR/work):
 #   1. install the given wheels (pip --no-index --no-deps) into a folder put on PYTHONPATH;
 #   2. check that torch sees CUDA (with --tiny: the CPU is used and this step only reports);
 #   3. the tests marked `cuda` (pytest -m cuda; they skip without a GPU);
@@ -20,14 +22,15 @@ set -uo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$here"
 PYTHON="${PYTHON:-python3}"
-out="" wheels="" tiny=0 fetch=""
+out="" work="" wheels="" tiny=0 fetch=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --out) out="$2"; shift 2 ;;
         --wheels) wheels="$2"; shift 2 ;;
+        --work) work="$2"; shift 2 ;;  # the simulated set and the full run's models
         --tiny) tiny=1; shift ;;
         --fetch-wheels) fetch="$2"; shift 2 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d'; exit 0 ;;
         *) echo "error: unknown option $1; expected --out DIR [--wheels DIR] [--tiny]" \
                "or --fetch-wheels DIR" >&2; exit 2 ;;
     esac
@@ -102,12 +105,12 @@ if [ "$cuda_ok" != 0 ]; then
 else
     step tests "$PYTHON" -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py \
         --junitxml "$out/cuda_tests.xml"
-    data="$out/data"
-    [ "$tiny" = 1 ] && data="$out/tiny_data"
+    work="${work:-$out/work}"
+    data="$work/data"
     step simulate "$PYTHON" -m lensing simulate --out "$data" "${sizes[@]}" \
         --workers "$(nproc)" --quiet
     step benchmark "$PYTHON" -m benchmarks.gpu "${gpu_args[@]}" --data "$data" \
-        --out "$out/gpu_benchmark.json"
+        --work "$work" --out "$out/gpu_benchmark.json"
 fi
 
 "$PYTHON" - "$out" <<'PY'

@@ -46,16 +46,13 @@ def test_the_split_moves_to_the_gpu_once(small_set):
     assert images.device.type == "cuda" and labels.device.type == "cuda"
 
 
-@pytest.mark.parametrize("compile_model", [False, True])
-def test_fit_on_cuda_writes_checkpoints_that_load_on_a_cpu(small_set, tmp_path, compile_model):
+def test_fit_on_cuda_writes_checkpoints_that_load_on_a_cpu(small_set, tmp_path):
     out = tmp_path / "run"
-    result = fit(config_for(small_set, out, compile=compile_model), progress=False)
+    result = fit(config_for(small_set, out), progress=False)
     assert len(result["history"]) == 2
     assert all(np.isfinite(entry["train_loss"]) for entry in result["history"])
     state = load_checkpoint(out / CHECKPOINT)
     assert all(t.device.type == "cpu" for t in state["model"].values())
-    # No wrapper prefix (torch.compile's "_orig_mod.") leaks into the saved weights.
-    assert not any(key.startswith("_orig_mod.") for key in state["model"])
     model, _ = load_trained_model(out / BEST_MODEL)
     assert next(model.parameters()).device.type == "cpu"
 

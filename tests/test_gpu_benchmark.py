@@ -68,7 +68,7 @@ def test_the_prepared_gpu_run_passes_in_its_tiny_cpu_mode(tmp_path: Path) -> Non
     assert all(s["exit"] == 0 for s in summary["steps"])
     # Without a GPU the CUDA tests are collected and skipped, none fails.
     tests = summary["cuda_tests"]
-    assert tests["tests"] >= 6 and tests["skipped"] == tests["tests"]
+    assert tests["tests"] >= 5 and tests["skipped"] == tests["tests"]
     report = summary["benchmark"]
     assert report["profile"] == "tiny" and report["device"]["type"] == "cpu"
     (train,) = report["train"]
