@@ -134,7 +134,8 @@ class TrainBatches:
         for start in range(0, len(order), self.batch_size):
             index = order[start : start + self.batch_size]
             images, labels = self.images[index], self.labels[index]
-            if images.device != self.device:
+            # By type: a split moved to "cuda" sits on "cuda:0", which is the same place.
+            if images.device.type != self.device.type:
                 if self.device.type == "cuda":
                     images, labels = images.pin_memory(), labels.pin_memory()
                 images = self._to_device(images)
