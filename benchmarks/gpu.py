@@ -38,7 +38,7 @@ ANCHOR_IMAGES_PER_S = 5_700  # public figure: ResNet18, 150 px, one H200, per-fi
 PROFILES: dict[str, dict[str, Any]] = {
     "full": {
         "train": ((256, False), (512, False), (512, True)),  # (batch, compile)
-        "pool_batches": 24,  # distinct batches resident on the GPU per timed epoch
+        "pool_batches": 40,  # distinct batches resident on the GPU per timed epoch
         "warmup_batches": 6,  # an epoch of these first (compiles when compile is on)
         "infer_batch": 512,
         "infer_images": 8192,

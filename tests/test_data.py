@@ -322,3 +322,16 @@ def test_fits_files_are_part_of_a_split(tmp_path):
     ds = LensingDataset(root, "val", progress=False, balance_tolerance=9)
     assert [p.name for p in ds.files[:2]] == ["1.npy", "2.fits"]
     assert_allclose(ds.images[1].numpy(), ds.images[0].numpy(), atol=1e-6)
+
+
+def test_train_batches_of_a_pair_cover_every_image():
+    import torch
+
+    from lensing.data.batches import TrainBatches
+
+    images, labels = torch.zeros(10, 1, 4, 4), torch.arange(10)
+    batches = TrainBatches(
+        (images, labels), 4, torch.Generator().manual_seed(0), torch.device("cpu")
+    )
+    seen = torch.cat([y for _, y in batches])
+    assert len(batches) == 3 and sorted(seen.tolist()) == list(range(10))

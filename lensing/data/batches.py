@@ -96,11 +96,12 @@ class TrainBatches:
         self.batch_size = batch_size
         self.generator = generator
         self.device = device
-        self.n = len(dataset)
+        held = in_memory(dataset)
+        # A pair (images, labels) has 2 items but len(images) images.
+        self.n = len(held[0]) if held is not None else len(dataset)
         # Images this rank sees per epoch (the padded share).
         self.n_local = -(-self.n // self.world_size)
         self.loader = None
-        held = in_memory(dataset)
         if held is not None:
             self.images, self.labels = held
             if device.type == "cuda" and _fits_on_gpu(self.images, device):
