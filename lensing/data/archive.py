@@ -5,7 +5,8 @@ extraction that checks every entry name (no absolute path, ``..``, symlink or en
 the layout before a byte is written, into a staging folder renamed into place in one step
 (:func:`safe_extract`); replacing a set only once the new one is valid, and undoing what a
 killed run left (:func:`install_archive`, :func:`tidy_leftovers`). Each expected failure is a
-:class:`DownloadDataError` whose ``exit_code`` is the download command's.
+:class:`DownloadDataError`; the download command (``lensing.cli.download``) maps each kind
+to its exit code.
 """
 
 from __future__ import annotations
@@ -40,25 +41,24 @@ Finisher = Callable[[Path], None]
 
 
 class DownloadDataError(Exception):
-    """An expected failure: the command prints its message (no traceback), exits exit_code."""
-
-    exit_code = 1
+    """An expected failure: the command prints its message (no traceback) and exits with the
+    code ``lensing.cli.download`` gives its kind."""
 
 
 class ChecksumError(DownloadDataError):
-    exit_code = 5
+    """The archive's sha256 is not the expected one."""
 
 
 class BadArchiveError(DownloadDataError):
-    exit_code = 6
+    """The file is not a readable zip archive."""
 
 
 class UnsafeArchiveError(BadArchiveError):
-    exit_code = 7
+    """An entry would land outside the target (absolute path, ``..``, symlink, device)."""
 
 
 class LayoutError(DownloadDataError):
-    exit_code = 8
+    """The archive does not hold the data set's folders."""
 
 
 def sha256_file(path: str | Path, *, progress: bool = False) -> str:
@@ -122,7 +122,8 @@ def _check_counts(found: dict[str, dict[str, int]], present: set[str], where: st
 
 
 def validate_layout(root: str | Path) -> dict[str, dict[str, int]]:
-    """Check that ``root`` is a data set in the layout lensing.data.dataset reads, and count its files.
+    """Check that ``root`` is a data set in the layout lensing.data.dataset reads, and count its
+    files.
 
     Parameters
     ----------
@@ -131,8 +132,8 @@ def validate_layout(root: str | Path) -> dict[str, dict[str, int]]:
         the top (a provenance marker, a README) are allowed and ignored.
 
     Returns {split: {class: number of .npy files}} for the splits present. Raises LayoutError
-    naming the first missing or empty folder. File contents are not read: lensing.data.dataset skips
-    and lists bad files itself.
+    naming the first missing or empty folder. File contents are not read:
+    lensing.data.dataset skips and lists bad files itself.
     """
     root = Path(root)
     if not root.is_dir():

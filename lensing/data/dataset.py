@@ -2,8 +2,8 @@
 
 Layout: ``<root>/<split>/<class>/<n>.npy`` (FITS files are read too) with class folders
 ``no``, ``sphere``, ``vort``. Each file holds one 150 x 150 image in a layout
-:func:`lensing.data.readers.image.read_image` accepts, min-max normalized to [0, 1] as it is read, so
-photon counts and pre-normalized files give the same tensor.
+:func:`lensing.data.readers.image.read_image` accepts, min-max normalized to [0, 1] as it is
+read, so photon counts and pre-normalized files give the same tensor.
 
 A file that cannot be used (unreadable, truncated, a bare pickle, wrong shape, non-numeric,
 non-finite or constant pixels, a folder or FIFO with an image's name, a dangling symlink, a
@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from lensing.atomic import atomic_save_npy, atomic_write_json
 from lensing.constants import CLASSES, IMAGE_SIZE, MANIFEST, SPLITS
 from lensing.data.download import read_source_marker
 from lensing.data.readers.checks import ImageError, stat_problem, unstatable_reason
@@ -39,7 +40,6 @@ from lensing.data.readers.image import (
     natural_key,
     read_image,
 )
-from lensing.atomic import atomic_save_npy, atomic_write_json
 from lensing.progress import bar
 
 TEST_SPLIT_FILE = "test_split.json"  # the written-down test split, when the set has no test/

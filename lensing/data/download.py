@@ -281,9 +281,7 @@ def _verify_and_install(
             digest = archive.sha256_file(zip_path, progress=progress)
             print(f"sha256 of {zip_path}: {digest}")
         mark = partial(write_source_marker, archive_sha256=digest, url=url)
-        return archive.install_archive(
-            zip_path, dest, force=force, progress=progress, finish=mark
-        )
+        return archive.install_archive(zip_path, dest, force=force, progress=progress, finish=mark)
     except (archive.ChecksumError, archive.BadArchiveError, archive.LayoutError) as exc:
         rejected = _reject(zip_path)
         if rejected:

@@ -25,7 +25,7 @@ The modules: ``grid`` (the grid file and :class:`Combo`), ``storage`` (the datab
 ``recovery`` (dead workers, corrupt checkpoints), ``worker`` (the objective and the loop),
 ``publish`` (the best model, :func:`continue_training`), ``driver``
 (:func:`run_search`), ``dashboard`` (optuna-dashboard over the study).
-``python -m lensing search`` is parsed in ``lensing.cli``.
+``python -m lensing search`` is parsed in ``lensing.cli.search``.
 """
 
 from lensing.search.driver import DEFAULT_EPOCHS, run_search

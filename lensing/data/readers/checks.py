@@ -1,7 +1,8 @@
 """The base of the image reader: the error it raises, and one file's bytes read safely.
 
-:mod:`lensing.data.readers.image` (the reader), :mod:`lensing.data.readers.npy` and :mod:`lensing.data.readers.fits` (the two
-formats) all import this module and it imports none of them, so the three never form a cycle.
+:mod:`lensing.data.readers.image` (the reader), :mod:`lensing.data.readers.npy` and
+:mod:`lensing.data.readers.fits` (the two formats) all import this module and it imports
+none of them, so the three never form a cycle.
 Reading a file's bytes here can neither block (a FIFO), nor follow a loop, nor claim more than
 :data:`MAX_FILE_BYTES` of memory. This module imports only the standard library.
 """

@@ -4,7 +4,8 @@ Before astropy reads any data, every header is scanned here and the data size it
 (BITPIX, NAXISn, PCOUNT, GCOUNT) is checked against the bytes that follow it, so a lying
 header is an error, not a huge allocation or a half-read array. Gzipped files (recognized by
 their first bytes, whatever the name) are decompressed in memory up to
-:data:`lensing.data.readers.checks.MAX_FILE_BYTES`. astropy is imported on first use, not with this module.
+:data:`lensing.data.readers.checks.MAX_FILE_BYTES`. astropy is imported on first use, not with
+this module.
 """
 
 from __future__ import annotations

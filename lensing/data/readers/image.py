@@ -6,8 +6,8 @@ changed. Every file it cannot use raises :class:`ImageError` with a reason; noth
 can make it run code, block, crash the interpreter or claim unbounded memory:
 
 - only regular files are opened, and only after ``os.stat`` says so (a FIFO never blocks);
-- no file over :data:`lensing.data.readers.checks.MAX_FILE_BYTES` is read, and a header's claimed data
-  size is checked against the bytes the file really holds before any array is built
+- no file over :data:`lensing.data.readers.checks.MAX_FILE_BYTES` is read, and a header's
+  claimed data size is checked against the bytes the file really holds before any array is built
   (:mod:`lensing.data.readers.npy`, :mod:`lensing.data.readers.fits`);
 - object arrays (DeepLenseSim's ``[image, axion_mass]``) go through an unpickler that rebuilds
   NumPy arrays and numbers and nothing else (:mod:`lensing.data.readers.npy`).
@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 from lensing.constants import IMAGE_SIZE
-from lensing.data.readers.fits import read_fits_image
 from lensing.data.readers.checks import (
     ImageError,
     image_plane,
@@ -38,6 +37,7 @@ from lensing.data.readers.checks import (
     read_file_bytes,
     stat_problem,
 )
+from lensing.data.readers.fits import read_fits_image
 from lensing.data.readers.npy import read_npy
 
 __all__ = [
