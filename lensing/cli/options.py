@@ -87,6 +87,12 @@ TRAINING_OPTIONS: tuple[TrainingOption, ...] = (
     ),
     TrainingOption("--device", "device", "auto, cpu, cuda[:N], mps", {}),
     TrainingOption(
+        "--compile",
+        "compile",
+        "torch.compile the model: faster steps on a GPU after a warm-up",
+        {"action": "store_const", "const": True},
+    ),
+    TrainingOption(
         "--num-workers",
         "num_workers",
         "DataLoader workers when not in memory",
