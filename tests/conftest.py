@@ -10,7 +10,7 @@ import pytest
 from lensing.constants import CLASSES, IMAGE_SIZE
 
 
-def write_set(
+def _write_set(
     root: Path,
     counts: dict[str, int],
     *,
@@ -41,7 +41,13 @@ def write_set(
     return root
 
 
+@pytest.fixture(scope="session")
+def write_set():
+    """The function that writes a small data set: ``write_set(root, counts, seed=, shape=)``."""
+    return _write_set
+
+
 @pytest.fixture
 def small_set(tmp_path: Path) -> Path:
     """4 train, 2 val and 2 test images per class."""
-    return write_set(tmp_path / "set", {"train": 4, "val": 2, "test": 2})
+    return _write_set(tmp_path / "set", {"train": 4, "val": 2, "test": 2})

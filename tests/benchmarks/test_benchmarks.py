@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_set
 
 # benchmarks/ is a top-level folder beside the installed package, importable from the
 # repository root (``python -m benchmarks``) but not from pytest's tests/ path.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.__main__ import BENCHMARKS, MEASURES, _targets, cli
 from benchmarks.common import first_per_class, machine, markdown_table, spread
@@ -38,7 +37,7 @@ from lensing.training.rng import seed_everything
 
 
 @pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory) -> Path:
+def tiny_root(tmp_path_factory, write_set) -> Path:
     """6 train, 3 val and 3 test images per class with a learnable pattern."""
     return write_set(tmp_path_factory.mktemp("bench"), {"train": 6, "val": 3, "test": 3})
 

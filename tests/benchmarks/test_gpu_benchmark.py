@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # benchmarks/ sits beside the installed package: importable from the repository root only.
 sys.path.insert(0, str(REPO))
 

@@ -15,7 +15,7 @@ from lensing.cli import COMMANDS, command_module, main
 from lensing.cli.options import TRAINING_FLAGS, TRAINING_OPTIONS, add_training_options, dest
 from lensing.training.config import TrainConfig
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 EVERY_COMMAND = {
     "train",
     "evaluate",

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_set
 from numpy.lib import format as npy_format
 from numpy.testing import assert_allclose, assert_array_equal
 
@@ -33,7 +32,7 @@ SHAPE = (1, IMAGE_SIZE, IMAGE_SIZE)
 
 
 @pytest.mark.parametrize("shape", [SHAPE, (IMAGE_SIZE, IMAGE_SIZE), (IMAGE_SIZE, IMAGE_SIZE, 1)])
-def test_every_accepted_shape_loads_as_one_channel_float32(tmp_path, shape):
+def test_every_accepted_shape_loads_as_one_channel_float32(tmp_path, shape, write_set):
     root = write_set(tmp_path, {"train": 2, "val": 1, "test": 1}, shape=shape)
     ds = LensingDataset(root, "train", cache=False, progress=False)
     image, label = ds[0]
@@ -43,7 +42,7 @@ def test_every_accepted_shape_loads_as_one_channel_float32(tmp_path, shape):
     assert label == 0 and len(ds) == 6 and ds.skipped == []
 
 
-def test_natural_order_and_labels(tmp_path):
+def test_natural_order_and_labels(tmp_path, write_set):
     root = write_set(tmp_path, {"train": 11, "val": 1, "test": 1})
     files = find_split_files(root, "train")
     names = [p.name for p, y in files if y == 0]
@@ -90,7 +89,7 @@ def test_load_image_names_the_problem(tmp_path):
             load_image(tmp_path / name)
 
 
-def test_counts_and_prenormalized_files_give_the_same_tensor(tmp_path):
+def test_counts_and_prenormalized_files_give_the_same_tensor(tmp_path, write_set):
     root = write_set(tmp_path, {"train": 2, "val": 2, "test": 1})
     path = root / "val" / "vort" / "2.npy"
     prenormalized = LensingDataset(root, "val", cache=False, progress=False)
@@ -105,7 +104,7 @@ def test_counts_and_prenormalized_files_give_the_same_tensor(tmp_path):
 
 
 @pytest.mark.parametrize("in_memory", [True, False])
-def test_bad_files_are_skipped_listed_and_summed_in_one_warning(tmp_path, in_memory):
+def test_bad_files_are_skipped_listed_and_summed_in_one_warning(tmp_path, in_memory, write_set):
     root = write_set(tmp_path, {"train": 3, "val": 3, "test": 1})
     expected = bad_files(root / "val" / "sphere")
     with pytest.warns(DataWarning, match=f"skipped {len(expected)} of {9 + len(expected)}"):
@@ -117,7 +116,7 @@ def test_bad_files_are_skipped_listed_and_summed_in_one_warning(tmp_path, in_mem
     assert all(torch.isfinite(ds[i][0]).all() for i in range(len(ds)))
 
 
-def test_missing_class_folder_and_empty_split_are_clear_errors(tmp_path):
+def test_missing_class_folder_and_empty_split_are_clear_errors(tmp_path, write_set):
     root = write_set(tmp_path, {"train": 2, "val": 1, "test": 1})
     for f in (root / "val").rglob("*.npy"):
         f.unlink()
@@ -140,7 +139,7 @@ def test_balance_check_warns_past_the_tolerance():
         assert not check_balance({"no": 100, "sphere": 100, "vort": 70}, tolerance=0.1)
 
 
-def test_unbalanced_split_warns(tmp_path):
+def test_unbalanced_split_warns(tmp_path, write_set):
     root = write_set(tmp_path, {"train": 5, "val": 1, "test": 1})
     for i in (1, 2, 3):
         (root / "train" / "no" / f"{i}.npy").unlink()
@@ -148,7 +147,7 @@ def test_unbalanced_split_warns(tmp_path):
         LensingDataset(root, "train", progress=False)
 
 
-def test_test_split_cut_from_train_is_stratified_fixed_and_disjoint(tmp_path):
+def test_test_split_cut_from_train_is_stratified_fixed_and_disjoint(tmp_path, write_set):
     root = write_set(tmp_path, {"train": 20, "val": 2})
     first = split_off_test_set(root, test_fraction=0.2, seed=3)
     record = json.loads((root / TEST_SPLIT_FILE).read_text())
@@ -170,7 +169,7 @@ def test_existing_test_folder_is_used_as_is(small_set):
     assert len(splits["train"]) == 12 and not (small_set / TEST_SPLIT_FILE).exists()
 
 
-def test_empty_test_set_is_a_clear_error(tmp_path):
+def test_empty_test_set_is_a_clear_error(tmp_path, write_set):
     root = write_set(tmp_path, {"train": 1, "val": 1})
     with pytest.raises(ValueError, match="empty test set"):
         split_off_test_set(root)
@@ -262,7 +261,7 @@ def load_without_blocking(*args, **kwargs) -> LensingDataset:
 
 
 @pytest.mark.parametrize("in_memory", [True, False])
-def test_hostile_entries_are_skipped_never_fatal(tmp_path, in_memory):
+def test_hostile_entries_are_skipped_never_fatal(tmp_path, in_memory, write_set):
     root = write_set(tmp_path, {"train": 2, "val": 2, "test": 1})
     expected = hostile_entries(root / "val" / "no")
     with pytest.warns(DataWarning, match="skipped"):
@@ -280,7 +279,7 @@ def test_hostile_entries_are_skipped_never_fatal(tmp_path, in_memory):
     assert len(list((root / CACHE_DIR).glob("val-*.json"))) == 1
 
 
-def test_cache_is_rebuilt_when_a_dangling_link_comes_to_life(tmp_path):
+def test_cache_is_rebuilt_when_a_dangling_link_comes_to_life(tmp_path, write_set):
     root = write_set(tmp_path, {"train": 2, "val": 2, "test": 1})
     os.symlink(tmp_path / "later.npy", root / "val" / "vort" / "3.npy")
     with pytest.warns(DataWarning, match="dangling symlink"):
@@ -305,7 +304,7 @@ def test_damaged_cache_is_rebuilt_not_trusted(small_set):
     assert torch.equal(LensingDataset(small_set, "val", progress=False).images, direct.images)
 
 
-def test_damaged_test_split_record_is_a_clear_error(tmp_path):
+def test_damaged_test_split_record_is_a_clear_error(tmp_path, write_set):
     root = write_set(tmp_path, {"train": 10, "val": 1})
     split_off_test_set(root)
     (root / TEST_SPLIT_FILE).write_text('{"test": 5}')
@@ -313,7 +312,7 @@ def test_damaged_test_split_record_is_a_clear_error(tmp_path):
         split_off_test_set(root)
 
 
-def test_fits_files_are_part_of_a_split(tmp_path):
+def test_fits_files_are_part_of_a_split(tmp_path, write_set):
     from astropy.io import fits
 
     root = write_set(tmp_path, {"train": 2, "val": 1, "test": 1})

@@ -26,7 +26,7 @@ from lensing.cli import download as command
 from lensing.constants import CLASSES
 from lensing.data import archive, download
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 PER_CLASS = {"train": 3, "val": 2}
 

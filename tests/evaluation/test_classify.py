@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 import torch
 from astropy.io import fits
-from conftest import write_set
 from numpy.testing import assert_allclose
 
 from lensing.atomic import atomic_torch_save
@@ -113,7 +112,7 @@ def test_every_layout_gives_the_probabilities_of_its_float_image(tmp_path, check
 
 
 @pytest.mark.parametrize("tta", [False, pytest.param(True, marks=pytest.mark.slow)])
-def test_predict_equals_evaluate_on_a_split(tmp_path, checkpoint, tta):
+def test_predict_equals_evaluate_on_a_split(tmp_path, checkpoint, tta, write_set):
     # A log stretch: predictions that skipped the checkpoint's preprocessing would differ.
     checkpoint = variant(checkpoint, tmp_path / "model.pth", stretch="log")
     root = write_set(tmp_path / "set", {"train": 1, "val": 1})

@@ -8,7 +8,7 @@ browser decoded, and no output shows ``<Figure size ...>`` or a progress bar stu
 Run as a script, this file screenshots the results section of the notebook that ``make run``
 executed (reports/classification_notebook.ipynb) into reports/figures/notebook.png:
 
-    .venv/bin/python tests/test_browser.py [EXECUTED.ipynb [OUT.png]]
+    .venv/bin/python tests/notebook/test_browser.py [EXECUTED.ipynb [OUT.png]]
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ def test_every_figure_shows_in_the_browser_and_no_output_is_stale(tmp_path, monk
 
 def main(argv: list[str]) -> int:
     """Screenshot the results section of an executed notebook (default: make run's)."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     executed = Path(argv[0]) if argv else root / "reports" / "classification_notebook.ipynb"
     out = Path(argv[1]) if len(argv) > 1 else root / "reports" / "figures" / "notebook.png"
     missing = browser_missing()

@@ -22,7 +22,7 @@ from lensing.cli import main
 from lensing.search.dashboard import read_studies, resolve_storage
 from lensing.search.storage import SEARCH_DB, redact
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 GRID = {"early": [1e-5, 1e-4], "middle": [1e-4], "late": [1e-3], "fc": [1e-3]}
 STARTUP_TIMEOUT_S = 60
 

@@ -1,14 +1,14 @@
 """The grid search on a real PostgreSQL server: several workers, a kill, a server restart.
 
-A throw-away server (:mod:`pg_server`) serves one database for the whole module; each test has
-its own study in it. The workers are real ``python -m lensing search`` processes on a tiny
-written data set (4 train, 2 val, 1 test images per class; ResNet18 from scratch, batch 8, fp32).
+A throw-away server (the ``pg`` fixture of conftest.py, from :mod:`pg_server`) serves one
+database for the whole module; each test has its own study in it. The workers are real
+``python -m lensing search`` processes on a tiny written data set (4 train, 2 val, 1 test
+images per class; ResNet18 from scratch, batch 8, fp32).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -17,14 +17,10 @@ from pathlib import Path
 import optuna
 import pytest
 import sqlalchemy
-import torch
-from conftest import write_set
 from optuna.trial import TrialState
-from pg_server import PostgresUnavailable, free_port, postgres_server
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
 FAST = [
     "--batch-size", "8", "--pretrained", "none", "--precision", "fp32", "--seed", "0",
     "--heartbeat-interval", "1", "--grace-period", "3",
@@ -32,34 +28,15 @@ FAST = [
 FOUR = {"early": [1e-5, 1e-4], "middle": [1e-4], "late": [1e-4, 1e-3], "fc": [1e-3]}
 THREE = {"early": [1e-4], "middle": [1e-4], "late": [1e-5, 1e-4, 1e-3], "fc": [1e-3]}
 WORKER_TIMEOUT_S = 600
+THREADS = 1  # torch threads per worker process
 
 
 # --- helpers -----------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def pg():
-    """A running throw-away server; the module skips when none can be had."""
-    try:
-        server_context = postgres_server()
-        server = server_context.__enter__()
-    except PostgresUnavailable as err:
-        pytest.skip(f"no PostgreSQL server: {err}")
-    try:
-        yield server
-    finally:
-        server_context.__exit__(None, None, None)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def data_dir(tmp_path_factory: pytest.TempPathFactory, write_set) -> Path:
     return write_set(tmp_path_factory.mktemp("data"), {"train": 4, "val": 2, "test": 1})
-
-
-def child_env(threads: int = 1) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=str(threads))
-    env["LENSING_ROOT"] = env.get("LENSING_ROOT", "/nonexistent-lensing-root")
-    return env
 
 
 def worker_command(data: Path, out: Path, grid: dict, epochs: int, url: str, study: str):
@@ -70,35 +47,16 @@ def worker_command(data: Path, out: Path, grid: dict, epochs: int, url: str, stu
     return [sys.executable, "-m", "lensing", "search", *args]
 
 
-def start(command: list[str], log: Path) -> subprocess.Popen:
-    """Start a worker writing stdout and stderr to files (a full pipe would stall it)."""
-    with open(log.with_suffix(".out"), "w") as out, open(log.with_suffix(".err"), "w") as err:
-        return subprocess.Popen(command, stdout=out, stderr=err, env=child_env())
-
-
-def logs(log: Path) -> str:
-    return log.with_suffix(".out").read_text() + log.with_suffix(".err").read_text()
-
-
-def checkpoints(out: Path, study: str) -> dict[str, Path]:
-    return {p.parent.name: p for p in sorted(out.glob(f"trials/{study}/*/checkpoint.pth"))}
-
-
-def read_epoch(path: Path) -> tuple[int, list[dict]]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return int(state["epoch"]), state["history"]
-
-
-def wait_for_epoch(out: Path, study: str, procs: dict, epochs: set[int]) -> str:
+def wait_for_epoch(subproc, out: Path, study: str, procs: dict, epochs: set[int]) -> str:
     """The key of the first combination whose checkpoint reaches one of ``epochs``."""
     deadline = time.monotonic() + WORKER_TIMEOUT_S
     while time.monotonic() < deadline:
         if all(proc.poll() is not None for proc in procs.values()):
-            text = "\n".join(f"{log.name}:\n{logs(log)}" for log in procs)
+            text = "\n".join(f"{log.name}:\n{subproc.log_text(log)}" for log in procs)
             pytest.fail(f"every worker ended before a checkpoint appeared:\n{text}")
-        for key, path in checkpoints(out, study).items():
+        for key, path in subproc.checkpoints(out, study).items():
             try:
-                if read_epoch(path)[0] in epochs:
+                if subproc.read_epoch(path)[0] in epochs:
                     return key
             except (OSError, RuntimeError, KeyError):
                 continue  # replaced while we read it: read it next round
@@ -106,14 +64,14 @@ def wait_for_epoch(out: Path, study: str, procs: dict, epochs: set[int]) -> str:
     pytest.fail(f"no checkpoint of {study} reached epoch {epochs} in {WORKER_TIMEOUT_S} s")
 
 
-def finish(procs: dict[Path, subprocess.Popen]) -> dict[Path, int]:
+def finish(subproc, procs: dict[Path, subprocess.Popen]) -> dict[Path, int]:
     codes = {}
     for log, proc in procs.items():
         try:
             codes[log] = proc.wait(timeout=WORKER_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             proc.kill()
-            pytest.fail(f"worker {log.name} did not finish:\n{logs(log)}")
+            pytest.fail(f"worker {log.name} did not finish:\n{subproc.log_text(log)}")
     return codes
 
 
@@ -148,15 +106,18 @@ def test_plain_postgresql_url_uses_psycopg3(pg) -> None:
 
 
 @pytest.fixture(scope="module")
-def three_workers(pg, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def three_workers(subproc, pg, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Three workers on a 4-combination grid; the one mid-way through a trial (after its first
     epoch checkpoint) is SIGKILLed and started again."""
     tmp = tmp_path_factory.mktemp("three")
     out, study_name = tmp / "models", "three"
     out.mkdir()
     command = worker_command(data_dir, out, FOUR, 2, pg.url, study_name)
-    procs = {tmp / f"worker{i}": start(command, tmp / f"worker{i}") for i in range(3)}
-    key = wait_for_epoch(out, study_name, procs, {1})
+    procs = {
+        tmp / f"worker{i}": subproc.start(command, tmp / f"worker{i}", threads=THREADS)
+        for i in range(3)
+    }
+    key = wait_for_epoch(subproc, out, study_name, procs, {1})
     study = optuna.load_study(study_name=study_name, storage=pg.url)
     (running,) = [
         t for t in study.get_trials(states=(TrialState.RUNNING,)) if t.user_attrs.get("key") == key
@@ -166,9 +127,9 @@ def three_workers(pg, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     victim = procs.pop(victim_log)
     victim.kill()
     victim.wait()
-    killed_epoch, killed_history = read_epoch(checkpoints(out, study_name)[key])
-    procs[tmp / "restarted"] = start(command, tmp / "restarted")
-    codes = finish(procs)
+    killed_epoch, killed_history = subproc.read_epoch(subproc.checkpoints(out, study_name)[key])
+    procs[tmp / "restarted"] = subproc.start(command, tmp / "restarted", threads=THREADS)
+    codes = finish(subproc, procs)
     return {
         "out": out,
         "study": study_name,
@@ -177,13 +138,13 @@ def three_workers(pg, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
         "killed_epoch": killed_epoch,
         "killed_history": killed_history,
         "codes": codes,
-        "logs": [logs(log) for log in [victim_log, *procs]],
+        "logs": [subproc.log_text(log) for log in [victim_log, *procs]],
     }
 
 
-def test_three_workers_complete_every_combination_once(pg, three_workers: dict) -> None:
+def test_three_workers_complete_every_combination_once(subproc, pg, three_workers: dict) -> None:
     for log, code in three_workers["codes"].items():
-        assert code == 0, f"{log.name} rc {code}:\n{logs(log)}"
+        assert code == 0, f"{log.name} rc {code}:\n{subproc.log_text(log)}"
     study = optuna.load_study(study_name=three_workers["study"], storage=pg.url)
     done = complete_keys(study)
     assert sorted(done) == sorted(all_keys(FOUR))  # each of the 4 exactly once
@@ -191,7 +152,7 @@ def test_three_workers_complete_every_combination_once(pg, three_workers: dict) 
     assert killed.state == TrialState.FAIL  # failed by a live worker, then re-queued
 
 
-def test_killed_combination_resumed_from_its_checkpoint(pg, three_workers: dict) -> None:
+def test_killed_combination_resumed_from_its_checkpoint(subproc, pg, three_workers: dict) -> None:
     study = optuna.load_study(study_name=three_workers["study"], storage=pg.url)
     key, killed_epoch = three_workers["key"], three_workers["killed_epoch"]
     assert killed_epoch == 1  # killed between its two epochs
@@ -200,7 +161,9 @@ def test_killed_combination_resumed_from_its_checkpoint(pg, three_workers: dict)
     ]
     assert retry.number != three_workers["killed_trial"]
     assert retry.user_attrs["start_epoch"] == killed_epoch
-    epoch, history = read_epoch(checkpoints(three_workers["out"], three_workers["study"])[key])
+    epoch, history = subproc.read_epoch(
+        subproc.checkpoints(three_workers["out"], three_workers["study"])[key]
+    )
     assert epoch == 2 and len(history) == 2
     # The epochs trained before the kill are kept as they were, not trained again.
     before = [h["train_loss"] for h in three_workers["killed_history"]]
@@ -211,24 +174,24 @@ def test_killed_combination_resumed_from_its_checkpoint(pg, three_workers: dict)
 
 
 @pytest.fixture(scope="module")
-def server_restart(pg, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def server_restart(subproc, pg, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One worker on a 3-combination grid; the server restarts during its first trial; then the
     worker is run again."""
     tmp = tmp_path_factory.mktemp("restart")
     out, study_name = tmp / "models", "restart"
     out.mkdir()
     command = worker_command(data_dir, out, THREE, 2, pg.url, study_name)
-    first = start(command, tmp / "first")
-    wait_for_epoch(out, study_name, {tmp / "first": first}, {1})
+    first = subproc.start(command, tmp / "first", threads=THREADS)
+    wait_for_epoch(subproc, out, study_name, {tmp / "first": first}, {1})
     pg.restart()
-    first_code = finish({tmp / "first": first})[tmp / "first"]
-    again = start(command, tmp / "again")
-    again_code = finish({tmp / "again": again})[tmp / "again"]
+    first_code = finish(subproc, {tmp / "first": first})[tmp / "first"]
+    again = subproc.start(command, tmp / "again", threads=THREADS)
+    again_code = finish(subproc, {tmp / "again": again})[tmp / "again"]
     return {
         "out": out,
         "study": study_name,
-        "first": (first_code, logs(tmp / "first")),
-        "again": (again_code, logs(tmp / "again")),
+        "first": (first_code, subproc.log_text(tmp / "first")),
+        "again": (again_code, subproc.log_text(tmp / "again")),
     }
 
 
@@ -264,7 +227,7 @@ def test_password_is_never_printed_or_written(pg, three_workers: dict, server_re
         assert pg.password.encode() not in path.read_bytes(), path
 
 
-def bad_urls(pg) -> dict[str, str]:
+def bad_urls(free_port, pg) -> dict[str, str]:
     return {
         "closed port": pg.url_for("postgresql", port=free_port()),
         "port not a number": pg.url.replace(f":{pg.port}/", ":not-a-port/"),
@@ -272,20 +235,27 @@ def bad_urls(pg) -> dict[str, str]:
     }
 
 
-def run_bad_url(url: str, tmp_path: Path) -> subprocess.CompletedProcess:
+def run_bad_url(subproc, url: str, tmp_path: Path) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "lensing", "search", "--data", str(tmp_path / "none")]
     command += ["--out", str(tmp_path / "models"), "--epochs", "1", "--storage", url]
     return subprocess.run(
-        command, capture_output=True, text=True, timeout=120, env=child_env(), cwd=tmp_path
+        command,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=subproc.child_env(THREADS),
+        cwd=tmp_path,
     )
 
 
 @pytest.fixture(scope="module")
-def bad_url_runs(pg, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def bad_url_runs(free_port, subproc, pg, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The search started once on each of three bad URLs."""
-    urls = bad_urls(pg)
+    urls = bad_urls(free_port, pg)
     cases = ("closed port", "port not a number", "unknown database")
-    return {case: run_bad_url(urls[case], tmp_path_factory.mktemp("bad")) for case in cases}
+    return {
+        case: run_bad_url(subproc, urls[case], tmp_path_factory.mktemp("bad")) for case in cases
+    }
 
 
 @pytest.mark.parametrize("case", ["closed port", "port not a number", "unknown database"])

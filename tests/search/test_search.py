@@ -3,7 +3,7 @@
 The slow tests start ``python -m lensing search`` in subprocesses on a tiny written data set
 (4 train, 3 val, 1 test images per class; ResNet18 from scratch, batch 8, fp32) and really
 kill them: SIGKILL mid-trial, SIGINT (Ctrl-C), two workers at once on one SQLite file.
-``fixtures/search_v1/`` holds a study written by the GridSampler version of the search (one
+``tests/fixtures/search_v1/`` holds a study written by the GridSampler version of the search (one
 combination finished, one killed mid-trial), which today's search must resume.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 import signal
@@ -23,7 +22,6 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from conftest import write_set
 
 from lensing.cli import main
 from lensing.cli.search import build_parser as search_parser
@@ -43,8 +41,7 @@ from lensing.search import (
 )
 from lensing.search.storage import engine_url
 
-REPO = Path(__file__).resolve().parent.parent
-OLD_STUDY = Path(__file__).resolve().parent / "fixtures" / "search_v1"
+OLD_STUDY = Path(__file__).resolve().parents[1] / "fixtures" / "search_v1"
 # A launcher that keeps SIGINT raising KeyboardInterrupt even when the test runner was started
 # in the background (where SIGINT is ignored, and Python would inherit that).
 LAUNCH = (
@@ -64,7 +61,7 @@ ONE = {"early": [1e-4], "middle": [1e-4], "late": [1e-3], "fc": [1e-3]}
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def data_dir(tmp_path_factory: pytest.TempPathFactory, write_set) -> Path:
     return write_set(tmp_path_factory.mktemp("data"), {"train": 4, "val": 3, "test": 1})
 
 
@@ -78,55 +75,24 @@ def search_command(data: Path, out: Path, grid: Path, epochs: int, *extra: str) 
     return [sys.executable, "-c", LAUNCH, *args, "--grid", str(grid), *FAST, *extra]
 
 
-def child_env(threads: int = 2) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=str(threads))
-    env["LENSING_ROOT"] = env.get("LENSING_ROOT", "/nonexistent-lensing-root")
-    return env
-
-
-def run(command: list[str], timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
-    done = subprocess.run(
-        command, capture_output=True, text=True, timeout=timeout, env=child_env(), **kwargs
-    )
-    return done
-
-
 def load(out: Path, study: str = "lr_grid") -> optuna.Study:
     return optuna.load_study(study_name=study, storage=f"sqlite:///{out}/grid_search.db")
 
 
-def checkpoints(out: Path) -> dict[str, Path]:
-    """{trial key: rolling checkpoint path} of the default study."""
-    return {p.parent.name: p for p in sorted(out.glob("trials/lr_grid/*/checkpoint.pth"))}
-
-
-def read_epoch(path: Path) -> tuple[int, list[dict]]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return int(state["epoch"]), state["history"]
-
-
-def start(command: list[str], log: Path, threads: int = 2) -> subprocess.Popen:
-    """Start a search writing stdout and stderr to files (a full pipe would stall it)."""
-    with open(log.with_suffix(".out"), "w") as out, open(log.with_suffix(".err"), "w") as err:
-        return subprocess.Popen(command, stdout=out, stderr=err, env=child_env(threads))
-
-
-def logs(log: Path) -> tuple[str, str]:
-    return log.with_suffix(".out").read_text(), log.with_suffix(".err").read_text()
-
-
-def wait_for(out: Path, proc: subprocess.Popen, ready, log: Path, timeout: float = 240) -> dict:
+def wait_for(
+    subproc, out: Path, proc: subprocess.Popen, ready, log: Path, timeout: float = 240
+) -> dict:
     """Poll the trial checkpoints until ``ready({key: epoch})``; returns that mapping."""
     seen: dict[Path, tuple[int, int]] = {}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"search ended (rc {proc.returncode}) too early:\n{logs(log)}")
-        for path in checkpoints(out).values():
+            pytest.fail(f"search ended (rc {proc.returncode}) too early:\n{subproc.logs(log)}")
+        for path in subproc.checkpoints(out).values():
             try:
                 mtime = path.stat().st_mtime_ns
                 if seen.get(path, (None,))[0] != mtime:
-                    seen[path] = (mtime, read_epoch(path)[0])
+                    seen[path] = (mtime, subproc.read_epoch(path)[0])
             except (OSError, RuntimeError, KeyError):
                 continue  # replaced while we read it: read it next round
         epochs = {path.parent.name: epoch for path, (_, epoch) in seen.items()}
@@ -301,27 +267,29 @@ def test_results_table_without_a_search(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict:
+def killed_and_resumed(subproc, tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict:
     """A 2-combination search, SIGKILLed when one combination has finished its 3 epochs and
     the other is mid-way, then run again to the end."""
     tmp = tmp_path_factory.mktemp("kill")
     out, grid = tmp / "models", write_grid(tmp / "grid.json", TWO)
     command = search_command(data_dir, out, grid, 3)
     log = tmp / "first"
-    proc = start(command, log)
-    epochs = wait_for(out, proc, lambda e: 3 in e.values() and {1, 2} & set(e.values()), log)
+    proc = subproc.start(command, log)
+    epochs = wait_for(
+        subproc, out, proc, lambda e: 3 in e.values() and {1, 2} & set(e.values()), log
+    )
     proc.kill()
     proc.wait()
     finished = next(key for key, epoch in epochs.items() if epoch == 3)
     killed = next(key for key in epochs if key != finished)
-    ckpts = checkpoints(out)
+    ckpts = subproc.checkpoints(out)
     before = {
-        "killed_epoch": read_epoch(ckpts[killed])[0],
-        "killed_history": read_epoch(ckpts[killed])[1],
+        "killed_epoch": subproc.read_epoch(ckpts[killed])[0],
+        "killed_history": subproc.read_epoch(ckpts[killed])[1],
         "finished_mtime": ckpts[finished].stat().st_mtime_ns,
         "states": {t.number: t.state.name for t in load(out).trials},
     }
-    resumed = run(command)
+    resumed = subproc.run(command)
     return {
         "out": out,
         "command": command,
@@ -333,7 +301,7 @@ def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory, data_dir: Path)
 
 
 @pytest.mark.slow
-def test_killed_trial_resumes_from_its_checkpoint(killed_and_resumed: dict) -> None:
+def test_killed_trial_resumes_from_its_checkpoint(subproc, killed_and_resumed: dict) -> None:
     out, killed = killed_and_resumed["out"], killed_and_resumed["killed"]
     before, resumed = killed_and_resumed["before"], killed_and_resumed["resumed"]
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -352,14 +320,14 @@ def test_killed_trial_resumes_from_its_checkpoint(killed_and_resumed: dict) -> N
     assert retry.user_attrs["start_epoch"] == before["killed_epoch"]
     assert "retrying trial" in resumed.stdout
 
-    epoch, history = read_epoch(checkpoints(out)[killed])
+    epoch, history = subproc.read_epoch(subproc.checkpoints(out)[killed])
     assert epoch == 3 and len(history) == 3
     # The epochs before the kill are the very ones in the final history, not re-trained.
     kept = history[: before["killed_epoch"]]
     assert [h["train_loss"] for h in kept] == [h["train_loss"] for h in before["killed_history"]]
     # The combination that had finished was not touched.
     assert (
-        checkpoints(out)[killed_and_resumed["finished"]].stat().st_mtime_ns
+        subproc.checkpoints(out)[killed_and_resumed["finished"]].stat().st_mtime_ns
         == (before["finished_mtime"])
     )
 
@@ -389,12 +357,12 @@ def test_best_model_and_params_are_published(killed_and_resumed: dict) -> None:
 
 
 @pytest.mark.slow
-def test_rerun_of_a_finished_search_trains_nothing(killed_and_resumed: dict) -> None:
+def test_rerun_of_a_finished_search_trains_nothing(subproc, killed_and_resumed: dict) -> None:
     out = killed_and_resumed["out"]
-    files = [*checkpoints(out).values(), out / "best_model.pth", out / "best_params.json"]
+    files = [*subproc.checkpoints(out).values(), out / "best_model.pth", out / "best_params.json"]
     mtimes = [p.stat().st_mtime_ns for p in files]
     n_trials = len(load(out).trials)
-    again = run(killed_and_resumed["command"])
+    again = subproc.run(killed_and_resumed["command"])
     assert again.returncode == 0, again.stderr
     assert "the search is complete: nothing to train" in again.stdout
     assert "epoch 1/3" not in again.stdout + again.stderr
@@ -421,43 +389,43 @@ def test_continue_training_extends_the_best_trial(killed_and_resumed: dict) -> N
 
 @pytest.mark.slow
 def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(
-    tmp_path: Path, data_dir: Path
+    subproc, tmp_path: Path, data_dir: Path
 ) -> None:
     out, grid = tmp_path / "models", write_grid(tmp_path / "grid.json", ONE)
     command = search_command(data_dir, out, grid, 3)
     log = tmp_path / "first"
-    proc = start(command, log)
-    wait_for(out, proc, lambda e: 1 in e.values(), log)
+    proc = subproc.start(command, log)
+    wait_for(subproc, out, proc, lambda e: 1 in e.values(), log)
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=120)
-    stdout, stderr = logs(log)
+    stdout, stderr = subproc.logs(log)
     assert proc.returncode == 130, stdout + stderr
     assert "interrupted during trial 0" in stderr
     assert "To resume, run: python -m lensing search --data" in stderr
     (trial,) = load(out).trials
     assert trial.state == optuna.trial.TrialState.FAIL
-    (ckpt,) = checkpoints(out).values()
-    stopped_at = read_epoch(ckpt)[0]  # loads: the checkpoint is intact
+    (ckpt,) = subproc.checkpoints(out).values()
+    stopped_at = subproc.read_epoch(ckpt)[0]  # loads: the checkpoint is intact
 
-    resumed = run(command)
+    resumed = subproc.run(command)
     assert resumed.returncode == 0, resumed.stderr
     assert "queued again" in resumed.stdout
     study = load(out)
     (done,) = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert done.user_attrs["start_epoch"] == stopped_at
-    assert read_epoch(ckpt)[0] == 3
+    assert subproc.read_epoch(ckpt)[0] == 3
 
 
 @pytest.mark.slow
 def test_corrupt_trial_checkpoint_restarts_that_combination(
-    tmp_path: Path, data_dir: Path
+    subproc, tmp_path: Path, data_dir: Path
 ) -> None:
     out, grid = tmp_path / "models", write_grid(tmp_path / "grid.json", ONE)
     key = trial_key({g: v[0] for g, v in ONE.items()})
     bad = out / "trials" / "lr_grid" / key / "checkpoint.pth"
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"PK\x03\x04 a zip cut short by a crash")
-    done = run(search_command(data_dir, out, grid, 1))
+    done = subproc.run(search_command(data_dir, out, grid, 1))
     assert done.returncode == 0, done.stderr
     assert "unreadable checkpoint" in done.stderr and str(bad) in done.stderr
     assert "from scratch" in done.stderr
@@ -465,16 +433,18 @@ def test_corrupt_trial_checkpoint_restarts_that_combination(
     assert moved.read_bytes().startswith(b"PK\x03\x04 a zip")
     (trial,) = load(out).get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert trial.user_attrs["start_epoch"] == 0
-    assert read_epoch(bad)[0] == 1
+    assert subproc.read_epoch(bad)[0] == 1
 
 
 @pytest.mark.slow
-def test_two_workers_share_the_grid_without_duplicates(tmp_path: Path, data_dir: Path) -> None:
+def test_two_workers_share_the_grid_without_duplicates(
+    subproc, tmp_path: Path, data_dir: Path
+) -> None:
     out, grid = tmp_path / "models", write_grid(tmp_path / "grid.json", FOUR)
     command = search_command(data_dir, out, grid, 1)
-    workers = [start(command, tmp_path / f"worker{i}", threads=1) for i in range(2)]
+    workers = [subproc.start(command, tmp_path / f"worker{i}", threads=1) for i in range(2)]
     for i, worker in enumerate(workers):
-        assert worker.wait(timeout=400) == 0, logs(tmp_path / f"worker{i}")
+        assert worker.wait(timeout=400) == 0, subproc.logs(tmp_path / f"worker{i}")
     study = load(out)
     done = complete_params(study)
     assert len(done) == 4 and len(set(done)) == 4
@@ -482,16 +452,20 @@ def test_two_workers_share_the_grid_without_duplicates(tmp_path: Path, data_dir:
     started = [
         key
         for i in range(2)
-        for key in re.findall(r"\[search\] trial \d+: (\S+) \(", logs(tmp_path / f"worker{i}")[0])
+        for key in re.findall(
+            r"\[search\] trial \d+: (\S+) \(", subproc.logs(tmp_path / f"worker{i}")[0]
+        )
     ]
     assert sorted(started) == sorted(set(started)) and len(started) == 4
-    assert all(read_epoch(p)[0] == 1 for p in checkpoints(out).values())
-    assert len(checkpoints(out)) == 4
+    assert all(subproc.read_epoch(p)[0] == 1 for p in subproc.checkpoints(out).values())
+    assert len(subproc.checkpoints(out)) == 4
     assert not math.isnan(json.loads((out / "best_params.json").read_text())["val_auc"])
 
 
 @pytest.mark.slow
-def test_a_study_of_the_grid_sampler_version_resumes(tmp_path: Path, data_dir: Path) -> None:
+def test_a_study_of_the_grid_sampler_version_resumes(
+    subproc, tmp_path: Path, data_dir: Path
+) -> None:
     """The fixture: trial 0 COMPLETE, trial 1 RUNNING with a dead worker (SIGKILL), settings
     stamped with augment "seed"; the weights files are left out (45 MB), trial 0's stand-in
     is written here."""
@@ -507,7 +481,7 @@ def test_a_study_of_the_grid_sampler_version_resumes(tmp_path: Path, data_dir: P
     stand_in |= {"epoch": 1, "history": [{"epoch": 1, "val_auc": finished.value}]}
     torch.save(stand_in | {"classes": ["no", "sphere", "vort"], "pretrained": False},
                folder / "best_model.pth")  # fmt: skip
-    done = run(search_command(data_dir, out, OLD_STUDY / "grid.json", 1))
+    done = subproc.run(search_command(data_dir, out, OLD_STUDY / "grid.json", 1))
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"retrying trial {killed.number}" in done.stdout
     assert "1/2 combinations finished" in done.stdout
@@ -521,5 +495,5 @@ def test_a_study_of_the_grid_sampler_version_resumes(tmp_path: Path, data_dir: P
     assert retry.system_attrs["failed_trial"] == killed.number
     assert study.trials[killed.number].state == optuna.trial.TrialState.FAIL
     assert study.trials[finished.number].datetime_complete == finished.datetime_complete
-    assert read_epoch(checkpoints(out)[trial_key(killed.params)])[0] == 1
+    assert subproc.read_epoch(subproc.checkpoints(out)[trial_key(killed.params)])[0] == 1
     assert list(results_table(out_dir=out)["state"]) == ["COMPLETE", "COMPLETE"]

@@ -142,7 +142,7 @@ def test_separability_benchmark_sees_a_trivial_signal_and_runs_on_simulated_data
     sets, tmp_path, capsys, monkeypatch
 ):
     # benchmarks/ is a top-level folder beside the package, importable from the repository root.
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))
     from benchmarks.separability import main, measure_separability
 
     # Classes that differ in mean brightness: pixel statistics must tell them apart.

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_set
 
 from lensing.atomic import atomic_torch_save
 from lensing.training.checkpoint import (
@@ -40,7 +39,7 @@ OLD_ROLLING_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
+def data_root(tmp_path_factory, write_set) -> Path:
     return write_set(tmp_path_factory.mktemp("data"), {"train": 4, "val": 2, "test": 1})
 
 

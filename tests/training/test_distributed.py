@@ -15,7 +15,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import write_set
 
 from lensing.data.batches import TrainBatches
 from lensing.data.dataset import LensingDataset
@@ -25,7 +24,7 @@ from lensing.training import distributed
 from lensing.training.checkpoint import BEST_MODEL, CHECKPOINT, CONFIG_JSON, load_checkpoint
 from lensing.training.model import build_model
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class NumberedImages:
@@ -220,7 +219,7 @@ def torchrun(
 
 
 @pytest.fixture(scope="module")
-def ddp_data(tmp_path_factory) -> Path:
+def ddp_data(tmp_path_factory, write_set) -> Path:
     # 15 validation images: the two ranks predict shares of 8 and 7.
     return write_set(tmp_path_factory.mktemp("ddp_data"), {"train": 11, "val": 5})
 

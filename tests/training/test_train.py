@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_set
 
 from lensing.cli import main
 from lensing.constants import CLASSES, LAYER_GROUPS
@@ -37,7 +36,7 @@ TIMING_FIELDS = {"seconds", "images_per_s"}
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
+def data_root(tmp_path_factory, write_set) -> Path:
     """8 train, 4 val and 1 test image per class with a learnable class pattern."""
     return write_set(tmp_path_factory.mktemp("data"), {"train": 8, "val": 4, "test": 1})
 
