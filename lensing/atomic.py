@@ -66,3 +66,84 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"cannot write {type(obj).__name__} as JSON")
+
+
+class AtomicNpyMemmap:
+    """A ``.npy`` file filled in place through a memory map, then moved to ``path`` atomically.
+
+    ``self.array`` is a writable ``np.memmap`` of ``shape`` over a temporary file in ``path``'s
+    folder, its space reserved up front (``posix_fallocate`` where there is one), so a full disk
+    raises OSError here instead of killing the process when a page is first written.
+    :meth:`commit` keeps the first ``rows`` rows, syncs the file and renames it to ``path``;
+    :meth:`discard` (or leaving the ``with`` block without a commit) deletes it. Until the
+    rename nothing at ``path`` changes, so a crash never leaves a half-written file there (only
+    a hidden ``.<name>.*.tmp`` beside it).
+    """
+
+    def __init__(self, path: str | Path, shape: tuple[int, ...], dtype: Any) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+        )
+        os.close(fd)
+        self.tmp = Path(tmp)
+        self.committed = False
+        try:
+            os.chmod(tmp, 0o666 & ~_umask())
+            self.array = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=tuple(shape))
+            if hasattr(os, "posix_fallocate") and self.array.nbytes:
+                fd = os.open(tmp, os.O_RDWR)
+                try:
+                    os.posix_fallocate(fd, 0, self.array.offset + self.array.nbytes)
+                finally:
+                    os.close(fd)
+        except BaseException:
+            self.discard()
+            raise
+
+    def commit(self, rows: int | None = None) -> Path:
+        """Keep the first ``rows`` rows (all by default), sync and rename to ``path``."""
+        array = self.array
+        rows = array.shape[0] if rows is None else rows
+        if not 0 <= rows <= array.shape[0]:
+            raise ValueError(f"rows {rows!r}; expected 0..{array.shape[0]}")
+        array.flush()
+        offset, dtype, full = array.offset, array.dtype, array.shape
+        shape = (rows, *full[1:])
+        # Unmapped (when the caller holds no other view) before the file shrinks.
+        self.array = None
+        del array
+        with open(self.tmp, "r+b") as f:
+            if rows < full[0]:
+                f.write(_npy_header(dtype, shape, offset))
+                f.truncate(offset + dtype.itemsize * int(np.prod(shape)))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(self.tmp, self.path)
+        self.committed = True
+        return self.path
+
+    def discard(self) -> None:
+        """Delete the temporary file (a committed file stays)."""
+        self.array = None
+        if not self.committed:
+            self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> AtomicNpyMemmap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+
+def _npy_header(dtype: np.dtype, shape: tuple[int, ...], length: int) -> bytes:
+    """A version 1.0 ``.npy`` header of exactly ``length`` bytes (padded with spaces)."""
+    text = repr(
+        {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    )
+    body = text.encode("latin1")
+    pad = length - 10 - len(body) - 1
+    if pad < 0 or length - 10 > 0xFFFF:
+        raise ValueError(f"a .npy header for shape {shape} does not fit in {length} bytes")
+    return b"\x93NUMPY\x01\x00" + (length - 10).to_bytes(2, "little") + body + b" " * pad + b"\n"

@@ -14,12 +14,13 @@ error that names the folder.
 The first load of a split reads every file once and writes a consolidated cache,
 ``<root>/.cache/<split>-<fingerprint>.npy`` (float32 images) with a ``.json`` index beside it.
 The fingerprint covers every file's path, size and modification time (and which entries cannot
-be stat-ed), so adding, removing or touching a file rebuilds the cache.
+be stat-ed), so adding, removing or touching a file rebuilds the cache. The cache is
+memory-mapped, not read into memory (see :mod:`lensing.data.cache`): a cached load takes well
+under a second and the split's pixels take memory only once, as they are used.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -30,8 +31,19 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lensing.atomic import atomic_save_npy, atomic_write_json
-from lensing.constants import CLASSES, IMAGE_SIZE, MANIFEST, SPLITS
+from lensing.atomic import atomic_write_json
+from lensing.constants import CLASSES, MANIFEST, SPLITS
+from lensing.data.cache import (
+    CACHE_DIR,
+    CACHE_VERSION,
+    ITEM_SHAPE,
+    DataWarning,
+    cache_index_path,
+    compact,
+    open_image_file,
+    read_cache,
+    write_cache,
+)
 from lensing.data.download import read_source_marker
 from lensing.data.readers.checks import ImageError, stat_problem, unstatable_reason
 from lensing.data.readers.image import (
@@ -43,15 +55,20 @@ from lensing.data.readers.image import (
 from lensing.progress import bar
 
 TEST_SPLIT_FILE = "test_split.json"  # the written-down test split, when the set has no test/
-CACHE_DIR = ".cache"
-# Bump when the cache's content changes, so old caches are ignored. 2: images min-max
-# normalized on read (version 1 held them as the files did).
-CACHE_VERSION = 2
-ITEM_SHAPE = (1, IMAGE_SIZE, IMAGE_SIZE)  # one image as the dataset gives it
-
-
-class DataWarning(UserWarning):
-    """Skipped files or an unbalanced split."""
+__all__ = [
+    "CACHE_DIR",
+    "CACHE_VERSION",
+    "ITEM_SHAPE",
+    "TEST_SPLIT_FILE",
+    "DataWarning",
+    "LensingDataset",
+    "check_balance",
+    "find_split_files",
+    "load_image",
+    "load_splits",
+    "provenance",
+    "split_off_test_set",
+]
 
 
 def provenance(root: str | Path) -> str:
@@ -208,7 +225,9 @@ class LensingDataset(Dataset):
     split: ``"train"``, ``"val"`` or ``"test"``. Without a ``test/`` folder, ``"test"`` is the
         held-out share of train from :func:`split_off_test_set` and ``"train"`` the rest.
     in_memory: hold the whole split as one tensor ``self.images`` (N, 1, 150, 150), float32
-        (30,000 images take 2.7 GB). ``False`` reads each file when it is asked for.
+        (30,000 images take 2.7 GB). With ``cache``, it maps the cache file copy-on-write
+        (pages are read as they are used and shared between processes; an in-place write
+        changes this process's copy only). ``False`` reads each file when it is asked for.
     cache: write and reuse the consolidated cache under ``<root>/.cache/``.
     progress: show a progress bar while reading files.
     balance_tolerance: warn when a class count is off the mean by more than this share.
@@ -293,25 +312,47 @@ class LensingDataset(Dataset):
                 lines.append(
                     f"{_relative(self.root, path)}|{label}|{fingerprint[0]}|{fingerprint[1]}"
                 )
-        index_path = self._cache_path(lines) if cache else None
-        cached = self._read_cache(index_path, in_memory) if index_path is not None else None
+        index_path = cache_index_path(self.root, self.split, lines) if cache else None
+        cached = read_cache(self.root, index_path, in_memory) if index_path is not None else None
         if cached is not None:
             return cached
-        images = self._read_files(candidates, problems, in_memory, progress)
-        keep = [i for i in range(len(candidates)) if i not in problems]
-        images = images[keep] if in_memory and len(keep) < len(candidates) else images
-        files = [candidates[i][0] for i in keep]
-        labels = [candidates[i][1] for i in keep]
-        skipped = [(candidates[i][0], why) for i, why in sorted(problems.items())]
-        if index_path is not None and files:
-            self._write_cache(index_path, files, labels, skipped, images)
-        return files, labels, skipped, images
+        return self._build(candidates, problems, index_path, in_memory, progress)
 
-    def _read_files(self, candidates, problems: dict[int, str], in_memory: bool, progress: bool):
-        """Read every candidate not yet in ``problems``; a file that cannot be used goes into
-        ``problems`` with its reason. Returns the images (N, 1, 150, 150) float32, or None."""
-        # Without in_memory, files are still read once to validate them, but not kept.
-        images = np.zeros((len(candidates), *ITEM_SHAPE), np.float32) if in_memory else None
+    def _build(self, candidates, problems, index_path, in_memory: bool, progress: bool):
+        """``_load`` from the files, writing the cache when ``index_path`` is given.
+
+        In memory, the images go straight into the cache file being written (mapped), or,
+        without one, into one array: never a list of arrays and a stacked copy of them.
+        """
+        n = len(candidates)
+        sink = open_image_file(index_path, n) if in_memory and index_path is not None else None
+        try:
+            if sink is not None:
+                images = sink.array
+            else:  # without in_memory, files are still read once to validate them
+                images = np.zeros((n, *ITEM_SHAPE), np.float32) if in_memory else None
+            self._read_files(candidates, problems, images, progress)
+            keep = [i for i in range(n) if i not in problems]
+            if images is not None and len(keep) < n:
+                compact(images, keep)
+                images = images[: len(keep)]
+            files = [candidates[i][0] for i in keep]
+            labels = [candidates[i][1] for i in keep]
+            skipped = [(candidates[i][0], why) for i, why in sorted(problems.items())]
+            if index_path is not None and files:
+                mapped = write_cache(self.root, index_path, files, labels, skipped, sink)
+                # The committed file mapped copy-on-write; the one being written only when
+                # the cache could not be written (its rows stay valid either way).
+                images = mapped if mapped is not None else images
+            return files, labels, skipped, images
+        finally:
+            if sink is not None:
+                sink.discard()
+
+    def _read_files(self, candidates, problems: dict[int, str], images, progress: bool) -> None:
+        """Read every candidate not yet in ``problems`` into ``images`` (N, 1, 150, 150) float32
+        (None: validate only); a file that cannot be used goes into ``problems`` with its
+        reason."""
 
         def read(i: int) -> str | None:
             if i in problems:
@@ -336,58 +377,6 @@ class LensingDataset(Dataset):
             for i, problem in enumerate(shown):
                 if problem is not None:
                     problems[i] = problem
-        return images
-
-    def _cache_path(self, lines: list[str]) -> Path:
-        digest = hashlib.sha1(str(CACHE_VERSION).encode())
-        for line in lines:
-            digest.update(line.encode(errors="surrogateescape") + b"\n")
-        return self.root / CACHE_DIR / f"{self.split}-{digest.hexdigest()[:16]}.json"
-
-    def _read_cache(self, index_path: Path, in_memory: bool):
-        """The cached (files, labels, skipped, images), or None when the cache is missing,
-        of another version, or damaged in any way (then it is rebuilt)."""
-        images_path = index_path.with_suffix(".npy")
-        if not index_path.is_file() or (in_memory and not images_path.is_file()):
-            return None
-        try:
-            index = json.loads(index_path.read_bytes())
-            if index.get("version") != CACHE_VERSION:
-                return None
-            files = [self.root / f for f in index["files"]]
-            labels = [int(y) for y in index["labels"]]
-            skipped = [(self.root / f, str(why)) for f, why in index["skipped"]]
-            images = None
-            if in_memory:
-                # Mapped first, so a damaged header or a wrong shape costs no memory.
-                mapped = np.load(images_path, mmap_mode="r", allow_pickle=False)
-                if mapped.shape != (len(files), *ITEM_SHAPE) or mapped.dtype != np.float32:
-                    return None
-                images = np.array(mapped)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return None
-        return (files, labels, skipped, images) if len(labels) == len(files) else None
-
-    def _write_cache(self, index_path: Path, files, labels, skipped, images) -> None:
-        """Write the cache, replacing older ones of this split; a read-only root just skips it."""
-        try:
-            for old in index_path.parent.glob(f"{self.split}-*"):
-                old.unlink(missing_ok=True)
-            if images is not None:
-                atomic_save_npy(index_path.with_suffix(".npy"), images)
-            atomic_write_json(
-                index_path,
-                {
-                    "version": CACHE_VERSION,
-                    "files": [_relative(self.root, p) for p in files],
-                    "labels": labels,
-                    "skipped": [[_relative(self.root, p), why] for p, why in skipped],
-                },
-            )
-        except OSError as err:
-            warnings.warn(
-                f"could not write the cache {index_path}: {err}", DataWarning, stacklevel=3
-            )
 
 
 def load_splits(root: str | Path, **kwargs) -> dict[str, LensingDataset]:
