@@ -21,7 +21,6 @@ under a second and the split's pixels take memory only once, as they are used.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +30,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lensing.atomic import atomic_write_json
 from lensing.constants import CLASSES, MANIFEST, SPLITS
 from lensing.data.cache import (
     CACHE_DIR,
@@ -45,16 +43,20 @@ from lensing.data.cache import (
     write_cache,
 )
 from lensing.data.download import read_source_marker
-from lensing.data.readers.checks import ImageError, stat_problem, unstatable_reason
+from lensing.data.readers.checks import ImageError, unstatable_reason
 from lensing.data.readers.image import (
     file_fingerprint,
-    has_accepted_suffix,
-    natural_key,
     read_image,
+)
+from lensing.data.splits import (
+    TEST_SPLIT_FILE,
+    find_split_files,
+    relative_name,
+    split_off_test_set,
+    stratified_subset,
 )
 from lensing.progress import bar
 
-TEST_SPLIT_FILE = "test_split.json"  # the written-down test split, when the set has no test/
 __all__ = [
     "CACHE_DIR",
     "CACHE_VERSION",
@@ -87,40 +89,6 @@ def provenance(root: str | Path) -> str:
     return "external"
 
 
-def find_split_files(root: str | Path, split: str) -> list[tuple[Path, int]]:
-    """Every entry of ``<root>/<split>/<class>/`` with an image's name, with its class index.
-
-    Classes in ``CLASSES`` order, each folder's entries in natural order (``2.npy`` before
-    ``10.npy``); names starting with "." are passed over, subfolders are not searched. Entries
-    are listed, not judged: a FIFO, folder or dangling symlink named ``x.npy`` is in the list
-    and is skipped with its reason when the split is read. Raises FileNotFoundError naming the
-    split or class folder when it is missing, OSError naming a class folder that cannot be
-    listed.
-    """
-    split_dir = Path(root) / split
-    if not split_dir.is_dir():
-        raise FileNotFoundError(
-            f"no split folder {split_dir}; expected {split_dir}/{{{','.join(CLASSES)}}}/*.npy"
-        )
-    found = []
-    for label, name in enumerate(CLASSES):
-        class_dir = split_dir / name
-        if not class_dir.is_dir():
-            raise FileNotFoundError(
-                f"missing class folder {class_dir}; every split needs the folders "
-                f"{', '.join(CLASSES)}"
-            )
-        try:
-            names = os.listdir(class_dir)
-        except OSError as err:
-            raise OSError(
-                f"cannot list the class folder {class_dir}: {stat_problem(class_dir, err, 'list')}"
-            ) from None
-        names = [n for n in names if not n.startswith(".") and has_accepted_suffix(n)]
-        found += [(class_dir / n, label) for n in sorted(names, key=natural_key)]
-    return found
-
-
 def load_image(path: str | Path) -> np.ndarray:
     """One image file as float32 ``(1, 150, 150)``, min-max normalized to [0, 1]; raises
     ImageError saying why it cannot be used (see ``read_image``)."""
@@ -143,79 +111,6 @@ def check_balance(counts: dict[str, int], tolerance: float = 0.2, name: str = "s
     return not off
 
 
-def split_off_test_set(
-    root: str | Path, test_fraction: float = 0.1, seed: int = 0
-) -> dict[str, list[tuple[Path, int]]]:
-    """The train and test file lists of a set, test held out from selection.
-
-    With a ``<root>/test/`` folder, both splits are used as they are. Without one (the real set
-    has only train and val), a stratified ``test_fraction`` of each class of train, drawn with
-    ``seed``, becomes the test set. That choice is written to ``<root>/test_split.json`` once and
-    reused on every later call, whatever the arguments, so every re-run sees the same split;
-    files added to train later stay in train. Train and test never share a file.
-    """
-    root = Path(root)
-    train = find_split_files(root, "train")
-    if (root / "test").is_dir():
-        test = find_split_files(root, "test")
-    else:
-        record_path = root / TEST_SPLIT_FILE
-        if record_path.is_file():
-            chosen = _read_test_record(record_path)
-        else:
-            if not 0 < test_fraction < 1:
-                raise ValueError(f"test_fraction {test_fraction!r}; expected 0 < share < 1")
-            chosen = _draw_test_files(root, train, test_fraction, seed)
-            atomic_write_json(
-                record_path,
-                {
-                    "seed": seed,
-                    "test_fraction": test_fraction,
-                    "test": sorted(chosen, key=lambda name: (natural_key(name), name)),
-                },
-            )
-        test = [(p, y) for p, y in train if _relative(root, p) in chosen]
-        train = [(p, y) for p, y in train if _relative(root, p) not in chosen]
-    if not test:
-        raise ValueError(
-            f"empty test set for {root}: {root / 'test'} has no .npy files"
-            if (root / "test").is_dir()
-            else f"empty test set for {root}: train is too small to hold out a test share"
-        )
-    return {"train": train, "test": test}
-
-
-def _read_test_record(path: Path) -> set[str]:
-    """The test files named in a ``test_split.json``; ValueError naming the file if it is not
-    such a record (it is never redrawn silently: that would move files between the splits)."""
-    try:
-        record = json.loads(path.read_bytes())
-        chosen = record["test"]
-        if not (isinstance(chosen, list) and all(isinstance(c, str) for c in chosen)):
-            raise TypeError("'test' is not a list of paths")
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(
-            f"unreadable test split record {path} ({type(err).__name__}: {err}); expected the "
-            "JSON split_off_test_set writes, with a 'test' list of paths. Delete it to draw a "
-            "new test split (earlier results then no longer compare)"
-        ) from None
-    return set(chosen)
-
-
-def _draw_test_files(root: Path, train, fraction: float, seed: int) -> set[str]:
-    rng = np.random.default_rng(seed)
-    chosen = set()
-    for label in range(len(CLASSES)):
-        files = [_relative(root, p) for p, y in train if y == label]
-        n_test = int(round(fraction * len(files))) if len(files) > 1 else 0
-        chosen.update(files[i] for i in rng.permutation(len(files))[:n_test])
-    return chosen
-
-
-def _relative(root: Path, path: Path) -> str:
-    return path.relative_to(root).as_posix()
-
-
 class LensingDataset(Dataset):
     """The images of one split, as ``(float32 tensor (1, 150, 150), class index)`` items.
 
@@ -232,6 +127,8 @@ class LensingDataset(Dataset):
     progress: show a progress bar while reading files.
     balance_tolerance: warn when a class count is off the mean by more than this share.
     test_fraction, seed: passed to :func:`split_off_test_set`.
+    per_class: keep at most this many images of each class (:func:`stratified_subset`, drawn
+        with ``seed`` from the split's files, test share already held out); None keeps all.
 
     Attributes: ``files`` (list of Path), ``labels`` (LongTensor (N,)), ``images`` (tensor or
     None), ``skipped`` (list of (Path, reason str)), ``kind`` (the :func:`provenance`).
@@ -248,6 +145,7 @@ class LensingDataset(Dataset):
         balance_tolerance: float = 0.2,
         test_fraction: float = 0.1,
         seed: int = 0,
+        per_class: int | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
@@ -258,6 +156,8 @@ class LensingDataset(Dataset):
             candidates = find_split_files(self.root, "val")
         else:
             candidates = split_off_test_set(self.root, test_fraction, seed)[split]
+        if per_class is not None:
+            candidates = stratified_subset(candidates, per_class, seed)
         files, labels, self.skipped, images = self._load(candidates, in_memory, cache, progress)
         if not files:
             raise ValueError(
@@ -307,10 +207,10 @@ class LensingDataset(Dataset):
             if fingerprint is None:
                 # Marked in the digest, so the cache is rebuilt once the entry can be read.
                 problems[i] = unstatable_reason(path) or "appeared while the folder was read"
-                lines.append(f"{_relative(self.root, path)}|{label}|-")
+                lines.append(f"{relative_name(self.root, path)}|{label}|-")
             else:
                 lines.append(
-                    f"{_relative(self.root, path)}|{label}|{fingerprint[0]}|{fingerprint[1]}"
+                    f"{relative_name(self.root, path)}|{label}|{fingerprint[0]}|{fingerprint[1]}"
                 )
         index_path = cache_index_path(self.root, self.split, lines) if cache else None
         cached = read_cache(self.root, index_path, in_memory) if index_path is not None else None
@@ -379,6 +279,19 @@ class LensingDataset(Dataset):
                     problems[i] = problem
 
 
-def load_splits(root: str | Path, **kwargs) -> dict[str, LensingDataset]:
-    """The train, val and test datasets of ``root``; keyword arguments go to LensingDataset."""
-    return {split: LensingDataset(root, split, **kwargs) for split in SPLITS}
+def load_splits(
+    root: str | Path, per_class: dict[str, int] | None = None, **kwargs
+) -> dict[str, LensingDataset]:
+    """The train, val and test datasets of ``root``; keyword arguments go to LensingDataset.
+
+    per_class: images per class to keep of each split ({"train": 400, ...}, a stratified
+        subset; a split not named keeps all), or None for every image.
+    """
+    sizes = per_class or {}
+    unknown = sorted(set(sizes) - set(SPLITS))
+    if unknown:
+        raise ValueError(f"per_class names {unknown}; expected some of {SPLITS}")
+    return {
+        split: LensingDataset(root, split, per_class=sizes.get(split), **kwargs)
+        for split in SPLITS
+    }

@@ -334,3 +334,24 @@ def test_train_batches_of_a_pair_cover_every_image():
     )
     seen = torch.cat([y for _, y in batches])
     assert len(batches) == 3 and sorted(seen.tolist()) == list(range(10))
+
+
+def test_a_stratified_subset_keeps_each_class_equally_and_the_same_files(write_set, tmp_path):
+    from lensing.data.dataset import LensingDataset, load_splits
+    from lensing.data.splits import find_split_files, stratified_subset
+
+    root = write_set(tmp_path / "set", {"train": 6, "val": 3, "test": 3})
+    files = find_split_files(root, "train")
+    three = stratified_subset(files, 3, seed=0)
+    assert [sum(y == k for _, y in three) for k in range(3)] == [3, 3, 3]
+    assert three == stratified_subset(files, 3, seed=0)  # the same draw every time
+    assert set(three) <= set(stratified_subset(files, 5, seed=0))  # larger keeps smaller
+    assert three != stratified_subset(files, 3, seed=1)
+    subset = LensingDataset(root, "train", per_class=2, progress=False)
+    assert subset.class_counts() == {"no": 2, "sphere": 2, "vort": 2}
+    splits = load_splits(root, per_class={"train": 4, "val": 1}, progress=False)
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [12, 3, 9]
+    with pytest.raises(ValueError, match="expected an integer >= 1"):
+        stratified_subset(files, 0)
+    with pytest.raises(ValueError, match="expected some of"):
+        load_splits(root, per_class={"tain": 4})
