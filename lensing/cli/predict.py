@@ -4,7 +4,10 @@
 predictions.csv] [--tta] [--batch-size N] [--device D] [--precision P] [--hdu N|NAME]
 [--resize] [--fill-nonfinite] [--no-progress]``
 
-The work and the CSV's columns: :mod:`lensing.evaluation.classify`.
+The work and the CSV's columns: :mod:`lensing.evaluation.classify`. It prints how many inputs
+lie outside the training data (their ``notes`` say on which statistic, ``in_distribution`` is
+False; :mod:`lensing.evaluation.ood`), then a summary of the predictions. Inputs outside the
+training data are classified all the same: the flag is a warning, not a refusal.
 
 Exit codes (``lensing.cli.options``): 0 every input got its row (refused files included);
 1 the checkpoint could not be used, no image file was found, or the CSV could not be
@@ -68,7 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Classify with the parsed options and write the CSV; returns the exit code (module
     docstring)."""
-    from lensing.evaluation.classify import classify_files, summary_line, write_predictions
+    from lensing.evaluation.classify import (
+        classify_files,
+        distribution_line,
+        summary_line,
+        write_predictions,
+    )
     from lensing.runtime import pick_device, resolve_precision
     from lensing.training.checkpoint import CheckpointError
 
@@ -102,5 +110,6 @@ def run(args: argparse.Namespace) -> int:
     except OSError as err:
         print(f"error: cannot write {args.out}: {err}", file=sys.stderr)
         return EXIT_FAILED
+    print(distribution_line(frame))
     print(f"{summary_line(frame)}; wrote {args.out}")
     return EXIT_OK

@@ -18,9 +18,10 @@ import time
 from pathlib import Path
 
 from lensing.cli.options import EXIT_OK
-from lensing.constants import MODELS_DIR, NOTEBOOK, REPORTS_DIR
+from lensing.constants import CLASSES, MODELS_DIR, NOTEBOOK, REPORTS_DIR, SPLITS
 from lensing.data.choice import choose_data
 from lensing.progress import NO_BARS_ENV
+from lensing.search.grid import DEFAULT_GRID, grid_size
 from lensing.training.recipes import recipe_rates
 
 # Profiles. "quick" is sized for a 2-core laptop CPU: one combination, so that its few minutes
@@ -45,6 +46,64 @@ PROFILES = {
         "parameters": {"grid": None, "epochs_per_combination": 10, "additional_epochs": 5},
     },
 }
+
+
+# Training images/s of the package's own loop (ResNet18, 150 px, from random weights), as
+# measured by ``python -m benchmarks --only speed`` (2 cores, batch 32) and ``python -m
+# benchmarks.gpu`` (batch 512); the README's Performance and GPU sections. Inference (validation,
+# test) runs about 3 times faster than training; D4 averaging costs 8 forward passes an image.
+MEASURED_RATES = {
+    "cpu-bf16": ("a 2-core CPU with native bf16 (AVX512-BF16)", 56.8),
+    "cpu-fp32": ("a 2-core CPU in fp32", 34.2),
+    "gpu": ("one NVIDIA H200", 23_150.0),
+}
+
+
+def machine_kind() -> str:
+    """Which of ``MEASURED_RATES`` this machine is closest to."""
+    import torch
+
+    from lensing.runtime import cpu_has_native_bf16
+
+    if torch.cuda.is_available():
+        return "gpu"
+    return "cpu-bf16" if cpu_has_native_bf16() else "cpu-fp32"
+
+
+def expected_seconds(per_class: dict[str, int], epochs: int, rate: float) -> float:
+    """Training and evaluation time of ``epochs`` epochs over ``per_class`` images per class of
+    each split (train, val, test with D4 averaging) at ``rate`` training images/s."""
+    n = {split: count * len(CLASSES) for split, count in per_class.items()}
+    seconds = epochs * (n.get("train", 0) + n.get("val", 0) / 3) / rate
+    return seconds + 8 * n.get("test", 0) / (3 * rate)
+
+
+def describe_plan(profile_name: str, kind: str, per_class: dict[str, int], data: str) -> str:
+    """What the main job will do and how long it should take, from the measured rates."""
+    parameters = PROFILES[profile_name]["parameters"]
+    grid = parameters["grid"]
+    combos = grid_size(grid if grid is not None else DEFAULT_GRID)
+    epochs = combos * parameters["epochs_per_combination"] + parameters["additional_epochs"]
+    counts = " / ".join(f"{per_class.get(s, 0):,}" for s in SPLITS)
+    seen = epochs * per_class["train"] * len(CLASSES)
+    lines = [
+        f"Plan ({profile_name} profile): {data} data, {counts} images per class "
+        f"(train / val / test); {combos} combination(s) x "
+        f"{parameters['epochs_per_combination']} epochs"
+        + (f" + {parameters['additional_epochs']} more" if parameters["additional_epochs"] else "")
+        + f": {seen:,} training images seen; test with D4 averaging.",
+    ]
+    for key, (machine, rate) in MEASURED_RATES.items():
+        seconds = expected_seconds(per_class, epochs, rate)
+        mark = "  <- this machine's kind" if key == kind else ""
+        lines.append(f"  expected on {machine}: about {_duration(seconds)}{mark}")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def run_notebook(parameters: dict, notebook: Path = NOTEBOOK, out_dir: Path = REPORTS_DIR) -> Path:

@@ -7,6 +7,8 @@
 - :mod:`~lensing.evaluation.saliency`: Grad-CAM maps (captum);
 - :mod:`~lensing.evaluation.evaluate`: checkpoint -> metrics.json -> figures;
 - :mod:`~lensing.evaluation.classify`: new image files -> a table of predictions;
+- :mod:`~lensing.evaluation.ood`: the training images' profile, stored in checkpoints, and the
+  check that flags inputs that do not look like them;
 - :mod:`~lensing.evaluation.figures`: every figure, and showing one in a notebook.
 """
 
@@ -16,6 +18,8 @@ _EXPORTS = {
     "evaluate_checkpoint": "evaluate",
     "format_markdown": "evaluate",
     "classify_files": "classify",
+    "training_profile": "ood",
+    "check_inputs": "ood",
     "predict_split": "inference",
     "load_trained_model": "inference",
     "compute_metrics": "metrics",

@@ -8,11 +8,16 @@ recursively (:func:`lensing.data.readers.image.find_images`). Every file gets a 
 ``predicted`` (a class name), ``p_no``, ``p_sphere``, ``p_vort`` (summing to 1), then
 ``pc_no``, ``pc_sphere``, ``pc_vort`` when the checkpoint holds a fitted ``temperature``
 (softmax(log p / T), T applied as stored, whether it was fitted with TTA or without), then
-``error`` (why the file could not be classified; empty when it was) and ``notes`` (what was
-done to its pixels: filled, resampled; usually empty). A file that cannot be classified never
-stops the run. Images are read and classified a batch at a time, so memory follows
-``--batch-size``, not the number of files. The checkpoint's input stretch is applied, so a
-file's probabilities are those ``evaluate`` computes for the same image at the same precision.
+``error`` (why the file could not be classified; empty when it was), ``notes`` (what was
+done to its pixels: filled, resampled; and each statistic on which the image lies outside the
+training images, e.g. "zero-pixel share 0.44 (training <= 0.0013)", see
+:mod:`lensing.evaluation.ood`) and ``in_distribution`` (True when no statistic is outside,
+False when one is; empty for a refused file and when the checkpoint holds no training profile,
+whose rows say so in ``notes``). Nothing is refused for lying outside: it is a warning that
+travels with the prediction. A file that cannot be classified never stops the run. Images are
+read and classified a batch at a time, so memory follows ``--batch-size``, not the number of
+files. The checkpoint's input stretch is applied, so a file's probabilities are those
+``evaluate`` computes for the same image at the same precision.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from lensing.data.readers.image import (
     read_image,
 )
 from lensing.data.stretch import stretch_of
+from lensing.evaluation import ood
 from lensing.evaluation.calibration import apply_temperature, logits_from_probs
 from lensing.evaluation.inference import batch_probabilities, load_trained_model
 from lensing.progress import bar
@@ -88,6 +94,7 @@ def classify_files(
     model, state = load_trained_model(checkpoint)
     model.to(torch_device).eval()
     temperature = checkpoint_temperature(state)
+    profile = ood.profile_of(state)
     files, problems = find_images(
         inputs if isinstance(inputs, str | os.PathLike) else list(inputs)
     )
@@ -105,7 +112,7 @@ def classify_files(
         for start in shown:
             batch = files[start : start + batch_size]
             rows += _classify_batch(
-                model, batch, read_options, state, torch_device, precision, tta
+                model, batch, read_options, state, torch_device, precision, tta, profile
             )
     rows += [_refused_row(path, reason) for path, reason in problems]
     return _frame(rows, temperature)
@@ -142,8 +149,18 @@ def summary_line(frame: pd.DataFrame) -> str:
     )
 
 
-def _classify_batch(model, paths, read_options, state, device, precision, tta) -> list[dict]:
-    """The rows of one batch of files: read each, classify those that could be read."""
+def distribution_line(frame: pd.DataFrame) -> str:
+    """One line: how many of the classified files lie outside the training data, and on which
+    statistics (``lensing.evaluation.ood.summary_line``), or that the checkpoint cannot say."""
+    read = frame[frame["error"] == ""]
+    return ood.summary_line(ood.summarize(notes.split("; ") for notes in read["notes"]))
+
+
+def _classify_batch(
+    model, paths, read_options, state, device, precision, tta, profile
+) -> list[dict]:
+    """The rows of one batch of files: read each, classify and check those that could be read
+    (``profile``: the checkpoint's training profile, or None)."""
     rows, arrays, read_rows = [], [], []
     for path in paths:
         try:
@@ -158,20 +175,31 @@ def _classify_batch(model, paths, read_options, state, device, precision, tta) -
     if arrays:
         images = torch.from_numpy(np.stack(arrays)).reshape(-1, 1, IMAGE_SIZE, IMAGE_SIZE)
         probs = batch_probabilities(model, images, device, precision, tta, stretch_of(state))
-        for row, p in zip(read_rows, probs.cpu().numpy(), strict=True):
+        checks = ood.check_inputs(profile, images)
+        for row, p, outside in zip(read_rows, probs.cpu().numpy(), checks, strict=True):
             row["predicted"] = CLASSES[int(np.argmax(p))]
             row.update(zip(PROB_COLUMNS, p.tolist(), strict=True))
+            row["notes"] = "; ".join(filter(None, [row["notes"], *outside]))
+            row["in_distribution"] = None if profile is None else not outside
     return rows
 
 
 def _refused_row(path: Path, reason: str) -> dict[str, Any]:
-    return {"path": str(path), "predicted": "", "error": reason, "notes": ""}
+    return {
+        "path": str(path),
+        "predicted": "",
+        "error": reason,
+        "notes": "",
+        "in_distribution": None,
+    }
 
 
 def _frame(rows: list[dict[str, Any]], temperature: float | None) -> pd.DataFrame:
     """The rows as a DataFrame with the columns in order, calibrated ones added when known."""
-    frame = pd.DataFrame(rows, columns=["path", "predicted", *PROB_COLUMNS, "error", "notes"])
+    columns = ["path", "predicted", *PROB_COLUMNS, "error", "notes", "in_distribution"]
+    frame = pd.DataFrame(rows, columns=columns)
     frame[list(PROB_COLUMNS)] = frame[list(PROB_COLUMNS)].astype(np.float64)
+    frame["in_distribution"] = frame["in_distribution"].astype(object)  # True, False or None
     if temperature is not None:
         probs = frame[list(PROB_COLUMNS)].to_numpy()
         calibrated = np.full_like(probs, np.nan)

@@ -4,7 +4,8 @@
 [--no-explain]`` writes ``<out>/metrics.json`` and ``<out>/figures/``: ROC curves, confusion
 matrix, training history, the reliability diagram before and after temperature scaling, the
 most confident mistakes and (unless --no-explain) class-activation maps; it prints a markdown
-table of the numbers.
+table of the numbers. ``metrics.json`` also says how many images of the split lie outside the
+training data (``out_of_distribution``, :mod:`lensing.evaluation.ood`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from lensing.atomic import atomic_torch_save, atomic_write_json
 from lensing.constants import CLASSES, REPORTS_DIR
 from lensing.data.dataset import LensingDataset, provenance
 from lensing.data.stretch import stretch_of
+from lensing.evaluation import ood
 from lensing.evaluation.calibration import fit_temperature, logits_from_probs
 from lensing.evaluation.figures.explain import write_explanations
 from lensing.evaluation.figures.plots import plot_confusion, plot_history, plot_roc
@@ -61,7 +63,9 @@ def evaluate_checkpoint(
     ``pretrained`` (bool, or None when the checkpoint does not say), ``split``, ``n_images``,
     ``checkpoint`` (path), ``tta``, ``precision`` and ``calibration`` ({ece, ece_calibrated,
     temperature}: the expected calibration error before and after temperature scaling, the
-    temperature fitted on the validation split and stored in the checkpoint for ``predict``).
+    temperature fitted on the validation split and stored in the checkpoint for ``predict``)
+    and ``out_of_distribution`` (the split's images outside the training data; see
+    ``out_of_distribution``).
     """
     out_dir = Path(out_dir)
     model, state = load_trained_model(checkpoint)
@@ -84,6 +88,7 @@ def evaluate_checkpoint(
         checkpoint=str(checkpoint),
         tta=bool(tta),
         precision=options["precision"],
+        out_of_distribution=out_of_distribution(state, dataset),
     )
     temperature = validation_temperature(model, state, checkpoint, data_dir, options)
     figures = out_dir / "figures"
@@ -128,6 +133,17 @@ def validation_temperature(
     return temperature
 
 
+def out_of_distribution(state: dict[str, Any], dataset: Any) -> dict[str, Any]:
+    """How many images of ``dataset`` lie outside the training data the checkpoint's profile
+    describes: {"flagged": int, or None when the checkpoint holds no profile, "n": images,
+    "rate": flagged / n or None, "statistics": {statistic label: images flagged on it},
+    "summary": one line (``lensing.evaluation.ood.summary_line``)}."""
+    summary = ood.summarize(ood.check_inputs(ood.profile_of(state), dataset))
+    flagged, n = summary["flagged"], summary["n"]
+    rate = None if flagged is None or n == 0 else flagged / n
+    return summary | {"rate": rate, "summary": ood.summary_line(summary)}
+
+
 def was_pretrained(state: dict[str, Any]) -> bool | None:
     """Whether a checkpoint's model started from ImageNet weights; None when it cannot say."""
     value = state.get("pretrained")
@@ -164,6 +180,14 @@ def format_markdown(metrics: dict[str, Any]) -> str:
             f"| ECE (15 bins) | {calibration['ece']:.4f}, after temperature "
             f"{calibration['temperature']:.2f}: {calibration['ece_calibrated']:.4f} |"
         )
+    outside = metrics.get("out_of_distribution")
+    if outside and outside.get("flagged") is not None:
+        lines.append(
+            f"| outside the training data | {outside['flagged']} of {outside['n']} "
+            f"({outside['rate']:.1%}) |"
+        )
+    elif outside:
+        lines.append("| outside the training data | not checked (no training profile) |")
     lines.append("")
     lines += [
         "| true \\ predicted | " + " | ".join(classes) + " |",

@@ -7,6 +7,10 @@ A training run writes into its folder:
   state, so a resumed run continues exactly where the last finished epoch left it;
 - ``best_model.pth``: the weights with the best validation macro AUC, with the learning rates
   (``params``), classes, val AUC, epoch, history and whether ImageNet weights were used;
+- in both, ``training_profile``: the distribution of a few per-image statistics of the train
+  split (:func:`lensing.evaluation.ood.training_profile`), against which ``predict`` and
+  ``evaluate`` flag inputs that do not look like the training images; computed once per run,
+  when the first of these files is written;
 - ``config.json``: the run's TrainConfig.
 
 Every file is written atomically and loads with ``torch.load(path, weights_only=True)``.
@@ -25,6 +29,7 @@ from torch import nn
 
 from lensing.atomic import atomic_torch_save, atomic_write_json
 from lensing.constants import CLASSES, canonical_augmentation
+from lensing.evaluation.ood import PROFILE_KEY, training_profile
 from lensing.runtime import cpu_state_dict
 from lensing.training import distributed
 
@@ -167,15 +172,31 @@ class Checkpointer:
     so ``fit`` needs no rank test around it. The best model is written before the rolling
     checkpoint of the same epoch: a crash in between re-runs that epoch, which rewrites the
     best model, instead of losing it.
+
+    ``train``: the train split (any form ``lensing.data.batches`` takes); its profile
+    (``training_profile``) goes into every file written. None: no profile (``predict`` then
+    says it cannot check its inputs).
     """
 
-    def __init__(self, out_dir: str | Path, config: Any, pretrained: bool) -> None:
+    def __init__(
+        self, out_dir: str | Path, config: Any, pretrained: bool, train: Any = None
+    ) -> None:
         self.out_dir = Path(out_dir)
         self.rolling_path = self.out_dir / CHECKPOINT
         self.best_path = self.out_dir / BEST_MODEL
         self.config = config
         self.pretrained = pretrained
         self.writes = distributed.current().is_main
+        self.train = train
+        self._profile: dict[str, Any] | None = None
+
+    def profile(self) -> dict[str, Any]:
+        """{PROFILE_KEY: the train split's profile}, computed on first use; {} without one."""
+        if self.train is None:
+            return {}
+        if self._profile is None:
+            self._profile = training_profile(self.train)
+        return {PROFILE_KEY: self._profile}
 
     def save_config(self) -> None:
         if self.writes:
@@ -196,6 +217,7 @@ class Checkpointer:
             "epoch": epoch,
             "history": history,
             "pretrained": self.pretrained,
+            **self.profile(),
         }
         atomic_torch_save(record, self.best_path)
 
@@ -229,6 +251,7 @@ class Checkpointer:
             "classes": list(CLASSES),
             "precision": precision,
             "world_size": world_size,
+            **self.profile(),
         }
         if world_size > 1:
             record["rng_per_rank"] = rng_states

@@ -145,7 +145,7 @@ def fit(
     )
     datasets = _check_datasets(datasets, config, progress)
     run = _set_up(config, datasets, state, device)
-    saver = Checkpointer(config.out_dir, config, run.pretrained)
+    saver = Checkpointer(config.out_dir, config, run.pretrained, datasets["train"])
     saver.save_config()
     _log_start(config, datasets, run, device, precision)
     epochs_trained = 0

@@ -172,7 +172,8 @@ def test_small_image_with_and_without_resize(tmp_path, checkpoint, image):
     assert refused["error"][0].startswith("image of 64x64 pixels; expected 150x150")
     resized = classify(checkpoint, tmp_path / "small.npy", resize=True)
     assert resized["error"][0] == "" and resized["predicted"][0] in CLASSES
-    assert resized["notes"][0] == "resampled 64x64 -> 150x150 pixels"
+    # The checkpoint of this test holds no training profile: a second note says so.
+    assert resized["notes"][0].startswith("resampled 64x64 -> 150x150 pixels")
 
 
 def run_cli_without_blocking(argv: list[str], fifo: Path) -> int:
@@ -226,14 +227,19 @@ def test_csv_is_written_atomically_and_replaces_the_old_one_whole(tmp_path, chec
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     out = out_dir / "predictions.csv"
-    out.write_text("old,content\n" * 10_000)  # longer than the new file
+    out.write_text("stale,content\n" * 10_000)  # longer than the new file
     frame = classify(checkpoint, tmp_path / "1.npy")
     assert write_predictions(frame, out) == out
     assert os.listdir(out_dir) == ["predictions.csv"]  # no temporary file left behind
     back = read_csv(out)
-    assert list(back.columns) == ["path", "predicted", *PROB_COLUMNS, "error", "notes"]
-    pd.testing.assert_frame_equal(back, frame, check_exact=True)  # floats in full precision
-    assert "old" not in out.read_text()
+    columns = ["path", "predicted", *PROB_COLUMNS, "error", "notes", "in_distribution"]
+    assert list(back.columns) == columns
+    # in_distribution reads back as text ("True", "False", "" when it cannot be checked).
+    same = columns[:-1]
+    pd.testing.assert_frame_equal(back[same], frame[same], check_exact=True)  # full precision
+    as_text = frame["in_distribution"].map(lambda v: "" if v is None else str(v))
+    assert back["in_distribution"].fillna("").astype(str).tolist() == as_text.tolist()
+    assert "stale" not in out.read_text()
 
 
 def test_summary_line_and_exit_code(tmp_path, checkpoint, image, capsys):
@@ -264,7 +270,7 @@ def test_calibrated_columns_from_the_checkpoint_temperature(tmp_path, checkpoint
     (tmp_path / "3.npy").write_bytes(b"")
     frame = classify(checkpoint, tmp_path)
     columns = ["path", "predicted", *PROB_COLUMNS, *CALIBRATED_COLUMNS, "error", "notes"]
-    assert list(frame.columns) == columns
+    assert list(frame.columns) == [*columns, "in_distribution"]
     p = frame[list(PROB_COLUMNS)].to_numpy()[:2]
     calibrated = frame[list(CALIBRATED_COLUMNS)].to_numpy()
     expected = np.exp(np.log(p) / 2.5)
