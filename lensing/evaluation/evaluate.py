@@ -10,6 +10,7 @@ training data (``out_of_distribution``, :mod:`lensing.evaluation.ood`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ def evaluate_checkpoint(
     precision: str = "auto",
     n_bootstrap: int = 1000,
     explain: bool = True,
+    per_class: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a saved model on one split and write its metrics and figures.
 
@@ -56,6 +58,8 @@ def evaluate_checkpoint(
     batch_size, device, precision: see ``lensing.evaluation.inference.predict``.
     n_bootstrap: resamples for the macro AUC's 95% interval.
     explain: also draw the class-activation maps (``figures/saliency.png``).
+    per_class: images per class of each split to use ({"test": 150, "val": 100}: a stratified
+        subset, as ``lensing.data.dataset.load_splits`` draws it); None: every image.
 
     Returns
     -------
@@ -77,7 +81,8 @@ def evaluate_checkpoint(
         "tta": tta,
         "stretch": stretch_of(state),
     }
-    dataset = LensingDataset(data_dir, split)
+    sizes = per_class or {}
+    dataset = LensingDataset(data_dir, split, per_class=sizes.get(split))
     probs, labels = predict_split(model, dataset, **options)
     metrics = compute_metrics(labels, probs, classes=CLASSES, n_bootstrap=n_bootstrap)
     metrics.update(
@@ -89,8 +94,15 @@ def evaluate_checkpoint(
         tta=bool(tta),
         precision=options["precision"],
         out_of_distribution=out_of_distribution(state, dataset),
+        subset_per_class=sizes.get(split),
     )
-    temperature = validation_temperature(model, state, checkpoint, data_dir, options)
+    temperature = validation_temperature(
+        model,
+        state,
+        checkpoint,
+        lambda: LensingDataset(data_dir, "val", per_class=sizes.get("val")),
+        options,
+    )
     figures = out_dir / "figures"
     summary = write_explanations(
         model,
@@ -115,18 +127,19 @@ def validation_temperature(
     model: torch.nn.Module,
     state: dict[str, Any],
     checkpoint: str | Path,
-    data_dir: str | Path,
+    load_val: Callable[[], Any],
     options: dict[str, Any],
 ) -> float:
     """The softmax temperature fitted on the validation split (never the test split).
 
+    load_val: returns the validation split; called only when no stored temperature fits.
     It is stored in the checkpoint (``temperature``, with the ``temperature_tta`` it was fitted
     with), written atomically, so ``predict`` reports calibrated probabilities too; a stored
     one fitted the same way is reused.
     """
     if state.get("temperature_tta") == bool(options["tta"]) and "temperature" in state:
         return float(state["temperature"])
-    probs, labels = predict_split(model, LensingDataset(data_dir, "val"), **options)
+    probs, labels = predict_split(model, load_val(), **options)
     temperature = fit_temperature(logits_from_probs(probs), labels)
     state |= {"temperature": temperature, "temperature_tta": bool(options["tta"])}
     atomic_torch_save(state, checkpoint)
