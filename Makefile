@@ -65,7 +65,7 @@ lab: $(STAMP) ## open JupyterLab on the notebook
 dashboard: $(STAMP) ## optuna-dashboard for the search in models/ on http://127.0.0.1:8080
 	$(PY) -m lensing dashboard --out models
 
-bench: $(STAMP) ## quick benchmarks against the seed recipe (reports/benchmarks.json)
+bench: $(STAMP) ## quick benchmarks against the seed pipeline (reports/benchmarks.json)
 	$(PY) -m benchmarks
 
 bench-full: $(STAMP) ## the full benchmarks (long)
