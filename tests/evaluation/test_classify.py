@@ -3,6 +3,7 @@ evaluate, refusals as rows, the CSV written whole."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -18,14 +19,15 @@ from lensing.atomic import atomic_torch_save
 from lensing.cli import main
 from lensing.constants import CLASSES, IMAGE_SIZE
 from lensing.data.dataset import LensingDataset
-from lensing.data.stretch import stretch_of
+from lensing.evaluation.calibration import apply_temperature, logits_from_probs
 from lensing.evaluation.classify import (
     CALIBRATED_COLUMNS,
     PROB_COLUMNS,
     classify_files,
     write_predictions,
 )
-from lensing.evaluation.inference import load_trained_model, predict_split
+from lensing.evaluation.evaluate import evaluate_checkpoint
+from lensing.evaluation.metrics import compute_metrics
 from lensing.training.model import build_model
 
 N = IMAGE_SIZE
@@ -112,20 +114,56 @@ def test_every_layout_gives_the_probabilities_of_its_float_image(tmp_path, check
 
 
 @pytest.mark.parametrize("tta", [False, pytest.param(True, marks=pytest.mark.slow)])
-def test_predict_equals_evaluate_on_a_split(tmp_path, checkpoint, tta, write_set):
-    # A log stretch: predictions that skipped the checkpoint's preprocessing would differ.
-    checkpoint = variant(checkpoint, tmp_path / "model.pth", stretch="log")
-    root = write_set(tmp_path / "set", {"train": 1, "val": 1})
-    model, state = load_trained_model(checkpoint)
-    dataset = LensingDataset(root, "val", cache=False, progress=False)
-    expected, _ = predict_split(
-        model, dataset, device="cpu", precision="fp32", tta=tta, stretch=stretch_of(state)
+def test_predict_equals_evaluate_on_a_split(tmp_path, trained, tta, monkeypatch):
+    import lensing.evaluation.evaluate as evaluate_module
+
+    # The probabilities evaluate scores, caught on their way into the metrics.
+    scored = []
+    real_metrics = evaluate_module.compute_metrics
+
+    def spy(labels, probs, **kwargs):
+        scored.append(np.array(probs))
+        return real_metrics(labels, probs, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "compute_metrics", spy)
+    # A stored temperature fitted the same way: evaluate reuses it (no fit on val) and predict
+    # adds the calibrated columns. The model's input stretch is "log": predictions that
+    # skipped the checkpoint's preprocessing would differ.
+    checkpoint = trained.copy_checkpoint(tmp_path, temperature=1.7, temperature_tta=tta)
+    per_class = {"test": 1 if tta else 2}  # TTA is 8 times the work
+    metrics = evaluate_checkpoint(
+        trained.root,
+        checkpoint,
+        out_dir=tmp_path / "reports",
+        tta=tta,
+        device="cpu",
+        precision="fp32",
+        n_bootstrap=0,
+        explain=False,
+        per_class=per_class,
     )
-    frame = classify(checkpoint, root / "val", tta=tta, batch_size=2)
+    written = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    dataset = LensingDataset(
+        trained.root, "test", per_class=per_class["test"], cache=False, progress=False
+    )
+    frame = classify(checkpoint, dataset.files, tta=tta, batch_size=4)
     assert [Path(p) for p in frame["path"]] == dataset.files
-    assert_allclose(frame[list(PROB_COLUMNS)].to_numpy(), expected, atol=ATOL)
+    (expected,) = scored
+    predicted = frame[list(PROB_COLUMNS)].to_numpy()
+    assert_allclose(predicted, expected, atol=ATOL)
     assert np.ptp(expected, axis=0).max() > 0.1  # the probabilities really depend on the image
     assert list(frame["predicted"]) == [CLASSES[i] for i in expected.argmax(axis=1)]
+    # What evaluate wrote is what predict's probabilities give.
+    labels = dataset.labels.numpy()
+    from_predict = compute_metrics(labels, predicted, n_bootstrap=0)
+    assert written["n_images"] == len(frame) == 3 * per_class["test"]
+    assert written["confusion_matrix"] == from_predict["confusion_matrix"]
+    assert written["accuracy"] == from_predict["accuracy"] > 1 / 3
+    for name, auc in from_predict["auc_per_class"].items():
+        assert written["auc_per_class"][name] == pytest.approx(auc, abs=1e-9), name
+    calibrated = apply_temperature(logits_from_probs(predicted), 1.7)
+    assert metrics["calibration"]["temperature"] == 1.7
+    assert_allclose(frame[list(CALIBRATED_COLUMNS)].to_numpy(), calibrated, rtol=1e-12)
 
 
 class RunsShell:

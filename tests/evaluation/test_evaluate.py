@@ -16,7 +16,11 @@ from lensing.atomic import atomic_torch_save
 from lensing.cli import main
 from lensing.constants import CLASSES
 from lensing.data.dataset import LensingDataset
-from lensing.evaluation.calibration import fit_temperature, logits_from_probs
+from lensing.evaluation.calibration import (
+    TEMPERATURE_BOUNDS,
+    fit_temperature,
+    logits_from_probs,
+)
 from lensing.evaluation.evaluate import evaluate_checkpoint
 from lensing.evaluation.inference import predict_split
 from lensing.evaluation.metrics import bootstrap_macro_auc, compute_metrics
@@ -303,25 +307,87 @@ def test_evaluate_checkpoint_writes_metrics_and_figures(small_set, tiny_model, t
     assert set(saved["calibration"]) == {"ece", "ece_calibrated", "temperature"}
 
 
+def evaluate_quietly(root: Path, checkpoint: Path, out: Path, **options) -> dict:
+    """evaluate_checkpoint on the CPU in fp32, without the bootstrap and the saliency maps."""
+    defaults = {"device": "cpu", "precision": "fp32", "n_bootstrap": 0, "explain": False}
+    return evaluate_checkpoint(root, checkpoint, out_dir=out, **(defaults | options))
+
+
 def test_the_temperature_is_fitted_on_val_only_and_stored_with_the_model(
-    small_set, tiny_model, tmp_path
+    trained, tmp_path
 ) -> None:
-    checkpoint = write_checkpoint(tmp_path / "best_model.pth", tiny_model)
-    options = {"device": "cpu", "precision": "fp32", "n_bootstrap": 0, "explain": False}
-    metrics = evaluate_checkpoint(small_set, checkpoint, out_dir=tmp_path / "r", **options)
-    val = LensingDataset(small_set, "val")
-    probs, labels = predict_split(tiny_model, val, device="cpu", precision="fp32")
-    expected = fit_temperature(logits_from_probs(probs), labels)
-    assert metrics["calibration"]["temperature"] == pytest.approx(expected, rel=1e-6)
-    assert load_checkpoint(checkpoint)["temperature"] == pytest.approx(expected, rel=1e-6)
+    # A copy of the data whose test labels are all wrong (each class folder renamed to the
+    # next class): fitted there, the temperature would be far larger than on val.
+    root = Path(shutil.copytree(trained.root, tmp_path / "set"))
+    for old, new in zip(CLASSES, CLASSES[1:] + CLASSES[:1], strict=True):
+        (root / "test" / old).rename(root / "test" / f"{new}.tmp")
+    for name in CLASSES:
+        (root / "test" / f"{name}.tmp").rename(root / "test" / name)
+    test = LensingDataset(root, "test", progress=False, cache=False)
+    test_probs, test_labels = predict_split(
+        trained.model, test, device="cpu", precision="fp32", stretch=trained.stretch
+    )
+    on_val = fit_temperature(logits_from_probs(trained.probs["val"]), trained.labels["val"])
+    on_test = fit_temperature(logits_from_probs(test_probs), test_labels)
+    low, high = TEMPERATURE_BOUNDS
+    assert 2 * low < on_val < high / 2  # a real optimum, not a bound
+    assert on_test > 4 * on_val  # the splits give clearly different temperatures
+
+    checkpoint = trained.copy_checkpoint(tmp_path / "model")
+    metrics = evaluate_quietly(root, checkpoint, tmp_path / "r")
+    assert metrics["split"] == "test" and metrics["accuracy"] < 1 / 3  # the wrong labels
+    assert metrics["calibration"]["temperature"] == pytest.approx(on_val, rel=1e-6)
+    stored = load_checkpoint(checkpoint)
+    assert stored["temperature"] == pytest.approx(on_val, rel=1e-6)
+    assert stored["temperature_tta"] is False
     assert not (tmp_path / "r" / "figures" / "saliency.png").exists()  # --no-explain
-    # Refitted with another test split, it does not move: the test images take no part.
-    shutil.rmtree(small_set / "test" / "vort")
-    shutil.copytree(small_set / "val" / "vort", small_set / "test" / "vort")
-    write_checkpoint(checkpoint, tiny_model)
-    assert "temperature" not in load_checkpoint(checkpoint)
-    again = evaluate_checkpoint(small_set, checkpoint, out_dir=tmp_path / "r2", **options)
-    assert again["calibration"]["temperature"] == pytest.approx(expected, rel=1e-6)
+
+
+def spy_on_refits(monkeypatch) -> tuple[list[tuple[int, float]], list[str]]:
+    """Record evaluate's temperature fits ((rows fitted, temperature)) and the splits it loads."""
+    import lensing.evaluation.evaluate as evaluate_module
+
+    fits, loaded = [], []
+    real_fit, real_dataset = evaluate_module.fit_temperature, evaluate_module.LensingDataset
+
+    def fit(logits, labels, *args, **kwargs):
+        fits.append((len(labels), real_fit(logits, labels, *args, **kwargs)))
+        return fits[-1][1]
+
+    def dataset(root, split, *args, **kwargs):
+        loaded.append(split)
+        return real_dataset(root, split, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "fit_temperature", fit)
+    monkeypatch.setattr(evaluate_module, "LensingDataset", dataset)
+    return fits, loaded
+
+
+@pytest.mark.slow
+def test_a_stored_temperature_is_reused_with_the_same_tta_and_refitted_with_the_other(
+    trained, tmp_path, monkeypatch
+) -> None:
+    # A temperature no fit here would give, stored as fitted with TTA.
+    checkpoint = trained.copy_checkpoint(tmp_path, temperature=1.2345, temperature_tta=True)
+    fits, loaded = spy_on_refits(monkeypatch)
+    sizes = {"per_class": {"test": 1, "val": 2}}  # 3 test and 6 val images: TTA is 8x the work
+    reused = evaluate_quietly(trained.root, checkpoint, tmp_path / "r1", tta=True, **sizes)
+    assert reused["calibration"]["temperature"] == 1.2345
+    assert fits == [] and loaded == ["test"]  # no refit, val not even loaded
+    assert load_checkpoint(checkpoint)["temperature"] == 1.2345
+
+    refitted = evaluate_quietly(trained.root, checkpoint, tmp_path / "r2", tta=False, **sizes)
+    assert loaded == ["test", "test", "val"]
+    assert len(fits) == 1 and fits[0][0] == 6  # once, on the 6 val images
+    temperature = fits[0][1]
+    assert temperature != pytest.approx(1.2345)
+    assert refitted["calibration"]["temperature"] == temperature
+    stored = load_checkpoint(checkpoint)
+    assert stored["temperature"] == temperature and stored["temperature_tta"] is False
+
+    again = evaluate_quietly(trained.root, checkpoint, tmp_path / "r3", tta=False, **sizes)
+    assert len(fits) == 1 and loaded == ["test", "test", "val", "test"]  # reused in turn
+    assert again["calibration"]["temperature"] == temperature
 
 
 def test_cli_prints_a_markdown_table(small_set, tiny_model, tmp_path, capsys) -> None:

@@ -128,6 +128,12 @@ def test_plot_saliency_on_the_picked_subset_is_the_same_figure(tmp_path) -> None
         images[picks], maps[picks], LABELS[picks], PROBS[picks], CLASSES, tmp_path / "b.png"
     )
     assert [ax.get_title() for ax in full.axes] == [ax.get_title() for ax in subset.axes]
+    # Pixel for pixel: the same images and maps, drawn the same way.
+    assert_array_equal(assert_png(tmp_path / "a.png"), assert_png(tmp_path / "b.png"))
+    # The comparison can tell figures apart: another map in one panel changes the pixels.
+    maps[picks[0]] = 1 - maps[picks[0]]
+    plot_saliency(images, maps, LABELS, PROBS, CLASSES, tmp_path / "c.png")
+    assert not np.array_equal(assert_png(tmp_path / "a.png"), assert_png(tmp_path / "c.png"))
 
 
 def test_plot_saliency_rejects_mismatched_maps(tmp_path) -> None:
