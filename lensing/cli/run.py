@@ -126,7 +126,14 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
-def run_notebook(parameters: dict, notebook: Path = NOTEBOOK, out_dir: Path = REPORTS_DIR) -> Path:
+# The notebook ships with the code: LENSING_ROOT moves the outputs, not it (constants.NOTEBOOK
+# lies under LENSING_ROOT, where there is no notebook when the root is moved).
+SOURCE_NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / NOTEBOOK.name
+
+
+def run_notebook(
+    parameters: dict, notebook: Path = SOURCE_NOTEBOOK, out_dir: Path = REPORTS_DIR
+) -> Path:
     """Execute ``notebook`` with papermill; the executed copy goes to ``out_dir``."""
     import papermill
 

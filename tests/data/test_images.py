@@ -6,8 +6,10 @@ import dataclasses
 import errno
 import os
 import pickle
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -55,6 +57,75 @@ def refused(path, match: str, **kwargs) -> ImageError:
         read_image(path, **kwargs)
     assert info.value.reason == str(info.value)
     return info.value
+
+
+# --- as an unprivileged user ------------------------------------------------------------------
+
+NOBODY = 65534  # uid and gid of "nobody"
+
+
+def as_unprivileged(function, *args):
+    """``function(*args)`` as a user that file modes bind; its result must pickle.
+
+    Not root: called here. Root, how CI runs, bypasses file modes: it runs in a forked child
+    that first drops to uid/gid 65534 ("nobody"). The child does not exec, so it needs no
+    access to the interpreter (root's may lie under /root). Skips only where root cannot drop
+    its privileges (no CAP_SETUID/CAP_SETGID in the container).
+    """
+    if os.name != "posix":
+        pytest.skip("file modes are POSIX")
+    if os.geteuid() != 0:
+        return function(*args)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop root, run, send the outcome, leave without any cleanup
+        try:
+            os.close(read)
+            try:
+                os.setgroups([])
+                os.setgid(NOBODY)
+                os.setuid(NOBODY)
+                outcome = ("skip", f"root cannot drop to uid {NOBODY}")
+                if os.geteuid() == NOBODY and os.getegid() == NOBODY:
+                    outcome = ("ok", function(*args))
+            except BaseException as err:  # noqa: BLE001 - reported to the parent
+                outcome = ("raised", f"{type(err).__name__}: {err}")
+            with os.fdopen(write, "wb") as f:
+                pickle.dump(outcome, f)
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    kind, value = pickle.loads(data) if data else ("raised", "the child died")
+    if kind == "skip":
+        pytest.skip(value)
+    assert kind == "ok", f"as uid {NOBODY}: {value}"
+    return value
+
+
+@pytest.fixture
+def open_dir():
+    """A fresh folder (mode 0755) that an unprivileged user can reach: pytest's own temporary
+    folders sit under a 0700 one of root's when root runs the tests."""
+    path = Path(tempfile.mkdtemp(prefix="lensing-perm-"))
+    path.chmod(0o755)
+    yield path
+    for sub in path.rglob("*"):
+        if sub.is_dir() and not sub.is_symlink():
+            sub.chmod(0o755)
+    shutil.rmtree(path)
+
+
+def reason(path) -> str:
+    """``read_image``'s refusal of ``path`` ("no error" when it reads)."""
+    try:
+        read_image(path)
+    except ImageError as err:
+        assert err.reason == str(err)
+        return err.reason
+    return "no error"
 
 
 # --- accepted layouts -------------------------------------------------------------------------
@@ -268,14 +339,16 @@ def catch(path) -> str:
     return "no error"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_permission_denied(tmp_path, image):
-    path = save(tmp_path / "x.npy", image)
-    path.chmod(0)
-    try:
-        refused(path, "permission denied")
-    finally:
-        path.chmod(0o644)
+def test_permission_denied(open_dir, image):
+    readable = save(open_dir / "readable.npy", image)
+    locked = save(open_dir / "locked.npy", image)
+    readable.chmod(0o644)
+    locked.chmod(0)
+    assert reason(readable) == "no error"  # as root, and loads the reader's imports
+    # The readable file reads as nobody too: the refusal is the file's mode, nothing else.
+    both = as_unprivileged(lambda: (reason(readable), reason(locked)))
+    assert both[0] == "no error"
+    assert "permission denied" in both[1], both[1]
 
 
 def test_permission_errors_are_named(tmp_path):
@@ -335,16 +408,15 @@ def test_find_images_nested_with_loop(tmp_path, image):
     assert all(read_image(p).array.shape == (N, N) for p in files)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root lists any folder")
-def test_find_images_unreadable_folder(tmp_path, image):
-    (tmp_path / "locked").mkdir()
-    save(tmp_path / "locked" / "1.npy", image)
-    (tmp_path / "locked").chmod(0)
-    try:
-        files, problems = find_images(tmp_path)
-    finally:
-        (tmp_path / "locked").chmod(0o755)
-    assert files == [] and problems[0][0] == tmp_path / "locked"
+def test_find_images_unreadable_folder(open_dir, image):
+    for name in ("locked", "open"):
+        (open_dir / name).mkdir(mode=0o755)
+        save(open_dir / name / "1.npy", image).chmod(0o644)
+    (open_dir / "locked").chmod(0)
+    assert len(find_images(open_dir)[0]) == (2 if os.geteuid() == 0 else 1)  # root lists all
+    files, problems = as_unprivileged(find_images, open_dir)
+    assert files == [open_dir / "open" / "1.npy"]
+    assert [path for path, _ in problems] == [open_dir / "locked"]
     assert "permission denied" in problems[0][1]
 
 

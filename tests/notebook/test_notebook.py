@@ -1,11 +1,16 @@
-"""The notebook, executed end to end with papermill on a tiny simulated set, twice.
+"""The notebook, executed end to end with papermill on a tiny simulated set; run again on a
+complete search, without the search, and after a kill in the middle of one.
 
 Besides the results, the executed notebook's outputs are checked as a person would see them in
 JupyterLab: each figure an inline PNG in the cell that makes it, no ``<Figure size ...>`` text
 in place of one, no progress bar frozen at ``0%|``, and the no-ImageNet-weights message once.
 """
 
+import contextlib
 import json
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -103,11 +108,33 @@ def check_outputs_as_seen(executed: dict) -> str:
     return text
 
 
-def test_notebook_runs_end_to_end_and_resumes_on_a_second_run(tmp_path, monkeypatch):
-    offline_torch_hub(monkeypatch, tmp_path)
-    parameters = tiny_parameters(tmp_path)
-    first = execute(tmp_path, **parameters)
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory) -> dict:
+    """One full run of the notebook on a tiny simulated set: its folder, parameters, executed
+    notebook, metrics and the files it trained (with their modification times)."""
+    tmp_path = tmp_path_factory.mktemp("notebook")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        offline_torch_hub(monkeypatch, tmp_path)
+        parameters = tiny_parameters(tmp_path)
+        executed = execute(tmp_path, **parameters)
+    trained = sorted((tmp_path / "models" / "trials").glob("*/*/checkpoint.pth"))
+    trained.append(tmp_path / "models" / "best_model.pth")
+    return {
+        "tmp_path": tmp_path,
+        "parameters": parameters,
+        "executed": executed,
+        "metrics": json.loads((tmp_path / "reports" / "metrics.json").read_text()),
+        "trained": {p: p.stat().st_mtime_ns for p in trained},
+    }
 
+
+def all_text(executed: dict) -> str:
+    return "\n".join(output_text(o) for cell in executed["cells"] for o in cell.get("outputs", []))
+
+
+def test_notebook_runs_end_to_end(searched):
+    first = searched["executed"]
+    tmp_path = searched["tmp_path"]
     text = check_outputs_as_seen(first)
     # Two trials, each building a model: the fallback is still said only once.
     assert text.count(WEIGHTS_MESSAGE) == 1
@@ -118,7 +145,7 @@ def test_notebook_runs_end_to_end_and_resumes_on_a_second_run(tmp_path, monkeypa
     assert "<table" in html, "the classify cell shows no table"
     assert html.split("<tbody>")[1].count("<tr>") == len(CLASSES)  # one row per image given
 
-    metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    metrics = searched["metrics"]
     assert metrics["data"] == "simulated" and metrics["pretrained"] is False
     assert 0 <= metrics["auc_macro"] <= 1 and set(metrics["auc_per_class"]) == set(CLASSES)
     assert all(0 <= a <= 1 for a in metrics["auc_per_class"].values())
@@ -130,14 +157,100 @@ def test_notebook_runs_end_to_end_and_resumes_on_a_second_run(tmp_path, monkeypa
         assert (figures / f"{name}.png").stat().st_size > 1000, name
     best = torch.load(tmp_path / "models" / "best_model.pth", weights_only=True)
     assert set(best["params"]) >= {"early", "middle", "late", "fc"}
+    assert len(searched["trained"]) == 3  # two combinations' checkpoints and the best model
 
-    # Re-running resumes: both combinations are done, so nothing trains again.
-    checkpoints = sorted((tmp_path / "models" / "trials").glob("*/*/checkpoint.pth"))
-    assert len(checkpoints) == 2
-    before = {p: p.stat().st_mtime_ns for p in checkpoints}
+
+def test_a_second_run_of_a_complete_search_trains_nothing(searched, monkeypatch):
+    tmp_path = searched["tmp_path"]
+    offline_torch_hub(monkeypatch, tmp_path)
     time.sleep(0.01)
-    executed = execute(tmp_path, **parameters)
-    assert {p: p.stat().st_mtime_ns for p in checkpoints} == before
-    assert sorted((tmp_path / "models" / "trials").glob("*/*/checkpoint.pth")) == checkpoints
+    executed = execute(tmp_path, **searched["parameters"])
+    assert {p: p.stat().st_mtime_ns for p in searched["trained"]} == searched["trained"]
+    trials = sorted((tmp_path / "models" / "trials").glob("*/*/checkpoint.pth"))
+    assert trials == sorted(p for p in searched["trained"] if p.name == "checkpoint.pth")
     text = check_outputs_as_seen(executed)
     assert "the search is complete: nothing to train" in text
+    assert "training on" not in text
+
+
+def test_without_the_search_it_evaluates_the_saved_model_and_trains_nothing(searched, monkeypatch):
+    tmp_path = searched["tmp_path"]
+    offline_torch_hub(monkeypatch, tmp_path)
+    (tmp_path / "reports" / "metrics.json").unlink()
+    time.sleep(0.01)
+    executed = execute(tmp_path, **searched["parameters"], perform_grid_search=False)
+    text = all_text(executed)
+    assert "Using the model of an earlier search" in text
+    assert "training on" not in text and "study 'lr_grid'" not in text  # no search, no fit
+    assert {p: p.stat().st_mtime_ns for p in searched["trained"]} == searched["trained"]
+    # The saved model, evaluated again on the same test set: the same numbers.
+    metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    assert metrics["auc_macro"] == searched["metrics"]["auc_macro"]
+    assert metrics["confusion_matrix"] == searched["metrics"]["confusion_matrix"]
+
+
+# Runs the notebook as `make run` does, in a process of its own (and its kernel in another).
+RUNNER = """
+import json, sys
+from pathlib import Path
+from lensing.cli.run import run_notebook
+run_notebook(json.loads(sys.argv[1]), out_dir=Path(sys.argv[2]))
+"""
+
+
+def kill_after_first_epoch(parameters: dict, out_dir: Path) -> Path:
+    """Start the notebook; SIGKILL it and its kernel once the search's first rolling checkpoint
+    is on disk (after epoch 1 of 2). Returns that checkpoint's path."""
+    import psutil
+
+    models = Path(parameters["models_dir"])
+    runner = subprocess.Popen(
+        [sys.executable, "-c", RUNNER, json.dumps(parameters), str(out_dir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 400
+        while not (found := list(models.glob("trials/*/*/checkpoint.pth"))):
+            assert runner.poll() is None, "the notebook ended before its first epoch"
+            assert time.monotonic() < deadline, "no checkpoint after 400 s"
+            time.sleep(0.05)
+    finally:
+        family = (
+            psutil.Process(runner.pid).children(recursive=True) if runner.poll() is None else []
+        )
+        for process in [runner, *family]:
+            with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+                process.send_signal(signal.SIGKILL)
+        runner.wait()
+        psutil.wait_procs(family, timeout=30)
+    return found[0]
+
+
+def test_an_interrupted_search_resumes_from_its_last_finished_epoch(tmp_path):
+    data = tmp_path / "simulated"
+    simulate_dataset(data, {"train": 3, "val": 2, "test": 2}, seed=2, workers=1, progress=False)
+    parameters = {
+        **TINY_PARAMETERS,
+        "grid": {"early": [1e-4], "middle": [1e-4], "late": [1e-3], "fc": [1e-3]},
+        "epochs_per_combination": 2,
+        "pretrained": "none",
+        "data_dir": str(data),
+        "models_dir": str(tmp_path / "models"),
+        "reports_dir": str(tmp_path / "reports"),
+    }
+    checkpoint = kill_after_first_epoch(parameters, tmp_path / "killed")
+    interrupted = torch.load(checkpoint, weights_only=True)
+    assert interrupted["epoch"] == 1, "the run was not stopped after its first epoch"
+    assert not (tmp_path / "reports" / "metrics.json").exists()
+
+    executed = execute(tmp_path, **parameters)
+    text = check_outputs_as_seen(executed)
+    assert "0/1 combinations finished" in text
+    assert "epochs 2..2" in text  # fit resumed after epoch 1 instead of starting over
+    assert "epochs 1..2" not in text
+    resumed = torch.load(checkpoint, weights_only=True)
+    assert resumed["epoch"] == 2 and len(resumed["history"]) == 2
+    # Epoch 1 is the interrupted run's own, timing included: it was not trained again.
+    assert resumed["history"][0] == interrupted["history"][0]
+    assert (tmp_path / "reports" / "metrics.json").is_file()

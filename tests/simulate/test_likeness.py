@@ -3,6 +3,7 @@ the likeness check that measures it, and the separability benchmark."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -22,7 +23,13 @@ from lensing.simulate import (
     simulate_dataset,
     simulate_image,
 )
-from lensing.simulate.likeness import REAL, class_mean_tolerance, count_scale, within
+from lensing.simulate.likeness import (
+    REAL,
+    class_mean_tolerance,
+    count_scale,
+    image_statistics,
+    within,
+)
 
 TEST_I = PRESETS["test-i"]
 KEYS = set(REAL) | {"data", "n_images", "mean_spread", "std_spread", "class_means"}
@@ -117,8 +124,6 @@ def test_test_i_has_no_lens_light_and_a_dark_centre():
 
 
 def test_test_i_ring_is_elongated_along_x():
-    from lensing.simulate.likeness import image_statistics
-
     images = [simulate_image("no", np.random.default_rng(s), TEST_I)[0] for s in range(6)]
     stats = image_statistics(np.stack(images), np.zeros(6, dtype=int))
     assert stats["ring_x"] >= stats["ring_y"] + 3
@@ -126,16 +131,63 @@ def test_test_i_ring_is_elongated_along_x():
     assert 21 <= stats["ring_radius"] <= 27 and stats["ring_offset"] < 4
 
 
-def test_test_i_class_means_are_equal():
-    # One seed per smooth lens, shared by the three classes: only the substructure differs.
-    means = {
-        name: np.mean([simulate_image(name, np.random.default_rng(s)).mean() for s in range(12)])
+SEEDS = 30  # smooth lenses; each is drawn once per class
+
+
+@pytest.fixture(scope="module")
+def class_images() -> dict[str, np.ndarray]:
+    """Per class, the default preset's images of seeds 0..SEEDS-1, (SEEDS, 150, 150).
+
+    One seed draws one smooth lens, shared by the three classes: image s of every class has
+    the same lens and source, and only the substructure differs.
+    """
+    return {
+        name: np.stack([simulate_image(name, np.random.default_rng(s))[0] for s in range(SEEDS)])
         for name in CLASSES
     }
-    # Measured here: sphere's subhalos raise the normalized mean by ~0.0025 (~4 %, their extra
-    # magnified light against an unchanged peak); the real set's classes differ by 0.0005.
-    assert max(means.values()) - min(means.values()) < 0.003
-    assert all(0.04 < m < 0.09 for m in means.values())
+
+
+def class_mean_failures(class_images: dict[str, np.ndarray]) -> list[str]:
+    """Why the classes' mean brightness differs by more than the likeness check allows (empty
+    when it does not).
+
+    The allowance is ``class_mean_tolerance``'s: the real set's range (its classes differ by
+    0.0005; at most 0.002) or, when larger, 3 standard errors of the difference of two class
+    means. It is applied twice: as the likeness check does (``within``, independent images) and
+    to the seed-paired differences, whose standard error is std(d) / sqrt(SEEDS): fed to
+    ``class_mean_tolerance`` as a per-image spread of std(d) / sqrt(2). The paired form sees a
+    shift of a few thousandths that 30 independent images per class would hide in their noise.
+    """
+    images = np.concatenate([class_images[name] for name in CLASSES])
+    labels = np.repeat(np.arange(len(CLASSES)), [len(class_images[n]) for n in CLASSES])
+    report = image_statistics(images, labels)
+    failures = []
+    if not within(report)["class_mean_spread"]:
+        failures.append(
+            f"spread {report['class_mean_spread']:.4f} > {class_mean_tolerance(report):.4f}"
+        )
+    means = {name: class_images[name].mean(axis=(1, 2)) for name in CLASSES}
+    for a, b in itertools.combinations(CLASSES, 2):
+        d = means[a] - means[b]
+        paired = {"n_images": 2 * len(d), "class_means": {a: 0, b: 0}, "mean_spread": d.std()}
+        paired["mean_spread"] /= np.sqrt(2)
+        if abs(d.mean()) > class_mean_tolerance(paired):
+            failures.append(f"{a} - {b}: {d.mean():+.4f} > {class_mean_tolerance(paired):.4f}")
+    return failures
+
+
+def test_test_i_class_means_are_equal(class_images):
+    assert class_mean_failures(class_images) == []
+    assert all(0.04 < class_images[name].mean() < 0.09 for name in CLASSES)
+
+
+@pytest.mark.parametrize("brighter", CLASSES)
+def test_a_class_brighter_than_the_others_fails_the_check(class_images, brighter):
+    # 5 % more light in one class (~0.003 on its mean: what subhalos adding light unchecked
+    # would do) is what the check exists to catch.
+    changed = {**class_images, brighter: np.clip(class_images[brighter] * 1.05, 0, 1)}
+    failures = class_mean_failures(changed)
+    assert failures and all(brighter in line for line in failures), failures
 
 
 def test_separability_benchmark_sees_a_trivial_signal_and_runs_on_simulated_data(

@@ -3,6 +3,10 @@ format of the releases before the input stretch and the flip-affine name existed
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -110,3 +114,65 @@ def test_a_checkpoint_in_the_old_format_resumes_without_a_changed_config_warning
         result = fit(config(data_root, tmp_path, epochs=2, resume=True), progress=False)
     assert result["start_epoch"] == 1 and result["epochs_trained"] == 1
     assert TrainConfig.from_dict(old["config"]).augment == "flip-affine"
+
+
+# A process that rewrites a run's rolling checkpoint in a loop with lensing's atomic save, as
+# fit does after every epoch, and says when each write starts and ends (monotonic seconds).
+REWRITER = """
+import sys, time
+from lensing.atomic import atomic_torch_save
+from lensing.training.checkpoint import TRAINING_KEYS, load_checkpoint
+
+path = sys.argv[1]
+state = load_checkpoint(path, require=TRAINING_KEYS)
+for i in range(1000):
+    print("start", i, time.monotonic(), flush=True)
+    atomic_torch_save(state, path)
+    print("done", i, time.monotonic(), flush=True)
+"""
+
+
+def kill_mid_write(path: Path) -> None:
+    """Run REWRITER on ``path`` and SIGKILL it half way through its second write."""
+    writer = subprocess.Popen(
+        [sys.executable, "-c", REWRITER, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        times = {}
+        for line in writer.stdout:
+            what, i, at = line.split()
+            times[what, int(i)] = float(at)
+            if ("start", 1) in times:
+                break
+        else:
+            raise AssertionError(f"the writer stopped early (exit code {writer.wait()})")
+        write_s = times["done", 0] - times["start", 0]
+        time.sleep(write_s / 2)
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    assert writer.returncode == -signal.SIGKILL
+
+
+@pytest.mark.slow
+def test_a_sigkill_mid_write_leaves_a_checkpoint_that_loads_and_resumes(data_root, tmp_path):
+    fit(config(data_root, tmp_path), progress=False)
+    path = tmp_path / CHECKPOINT
+    before = torch.load(path, weights_only=True)
+    assert path.stat().st_size > 50 * 2**20  # ResNet18 and Adam's moments: a long write
+
+    kill_mid_write(path)
+    state = torch.load(path, weights_only=True)  # the whole old (or new) checkpoint
+    assert state["epoch"] == before["epoch"] == 1
+    assert all(torch.equal(state["model"][k], v) for k, v in before["model"].items())
+    leftovers = list(tmp_path.glob(f".{CHECKPOINT}.*.tmp"))
+    assert len(leftovers) == 1, "the kill did not land inside a write"
+
+    # The leftover is harmless: the next run resumes from the checkpoint beside it.
+    leftover_size = leftovers[0].stat().st_size
+    result = fit(config(data_root, tmp_path, epochs=2, resume=True), progress=False)
+    assert result["start_epoch"] == 1 and result["epochs_trained"] == 1
+    assert load_checkpoint(path, require=TRAINING_KEYS)["epoch"] == 2
+    assert load_checkpoint(tmp_path / BEST_MODEL)["epoch"] in (1, 2)
+    for leftover in leftovers:  # cleaned, or left as it was (hidden, and never read)
+        assert not leftover.exists() or leftover.stat().st_size == leftover_size
