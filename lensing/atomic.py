@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import numpy as np
 def _atomic(path: Path, write) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # The name temporary_pattern(path) matches, so remove_stale_temporaries finds it.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         # mkstemp makes the file private (0600); give it the mode any new file would get.
@@ -49,6 +51,29 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 def atomic_save_npy(path: str | Path, array: np.ndarray) -> Path:
     """Save one array as ``.npy`` (no pickling), atomically."""
     return _atomic(Path(path), lambda f: np.save(f, array, allow_pickle=False))
+
+
+STALE_TMP_S = 3600.0  # a temporary file this old is left over from a killed writer
+
+
+def remove_stale_temporaries(folder: str | Path, pattern: str, older_than_s: float = STALE_TMP_S):
+    """Delete the temporary files matching ``pattern`` in ``folder`` that a killed writer left.
+
+    Only files older than ``older_than_s`` go: a younger one may belong to a writer still at work.
+    A file that vanishes or cannot be deleted meanwhile is passed over.
+    """
+    now = time.time()
+    for tmp in Path(folder).glob(pattern):
+        try:
+            if now - tmp.stat().st_mtime > older_than_s:
+                tmp.unlink()
+        except OSError:
+            pass
+
+
+def temporary_pattern(path: str | Path) -> str:
+    """The glob of the temporary files the atomic writers make for ``path``."""
+    return f".{Path(path).name}.*.tmp"
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:

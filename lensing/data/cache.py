@@ -20,13 +20,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from lensing.atomic import AtomicNpyMemmap, atomic_write_json
+from lensing.atomic import (
+    STALE_TMP_S,
+    AtomicNpyMemmap,
+    atomic_write_json,
+    remove_stale_temporaries,
+)
 from lensing.constants import IMAGE_SIZE
 
 CACHE_DIR = ".cache"
@@ -34,7 +38,6 @@ CACHE_DIR = ".cache"
 # normalized on read (version 1 held them as the files did).
 CACHE_VERSION = 2
 ITEM_SHAPE = (1, IMAGE_SIZE, IMAGE_SIZE)  # one image as the dataset gives it
-STALE_TMP_S = 3600.0  # a temporary cache file this old is left over from a crash
 
 
 class DataWarning(UserWarning):
@@ -129,13 +132,7 @@ def compact(images: np.ndarray, keep: list[int]) -> None:
 def _remove_stale(index_path: Path) -> None:
     """Delete temporary cache files of this split left by a crashed build."""
     split = index_path.name.split("-", 1)[0]
-    now = time.time()
-    for tmp in index_path.parent.glob(f".{split}-*.tmp"):
-        try:
-            if now - tmp.stat().st_mtime > STALE_TMP_S:
-                tmp.unlink()
-        except OSError:
-            pass
+    remove_stale_temporaries(index_path.parent, f".{split}-*.tmp", STALE_TMP_S)
 
 
 def _warn(index_path: Path, err: OSError) -> None:

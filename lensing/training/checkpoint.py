@@ -27,7 +27,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from lensing.atomic import atomic_torch_save, atomic_write_json
+from lensing.atomic import (
+    atomic_torch_save,
+    atomic_write_json,
+    remove_stale_temporaries,
+    temporary_pattern,
+)
 from lensing.constants import CLASSES, canonical_augmentation
 from lensing.evaluation.ood import PROFILE_KEY, training_profile
 from lensing.runtime import cpu_state_dict
@@ -189,6 +194,9 @@ class Checkpointer:
         self.writes = distributed.current().is_main
         self.train = train
         self._profile: dict[str, Any] | None = None
+        if self.writes:  # a killed write leaves its temporary file: harmless, then removed
+            for path in (self.rolling_path, self.best_path):
+                remove_stale_temporaries(self.out_dir, temporary_pattern(path))
 
     def profile(self) -> dict[str, Any]:
         """{PROFILE_KEY: the train split's profile}, computed on first use; {} without one."""

@@ -3,6 +3,7 @@ format of the releases before the input stretch and the flip-affine name existed
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -176,3 +177,20 @@ def test_a_sigkill_mid_write_leaves_a_checkpoint_that_loads_and_resumes(data_roo
     assert load_checkpoint(tmp_path / BEST_MODEL)["epoch"] in (1, 2)
     for leftover in leftovers:  # cleaned, or left as it was (hidden, and never read)
         assert not leftover.exists() or leftover.stat().st_size == leftover_size
+
+
+def test_a_killed_writes_leftover_is_removed_once_it_is_old(tmp_path) -> None:
+    from lensing.atomic import STALE_TMP_S
+    from lensing.training.checkpoint import Checkpointer
+
+    old = tmp_path / f".{CHECKPOINT}.abc123.tmp"
+    young = tmp_path / f".{BEST_MODEL}.def456.tmp"
+    other = tmp_path / ".notes.txt.ghi789.tmp"  # not a checkpoint's: never touched
+    for leftover in (old, young, other):
+        leftover.write_bytes(b"half a checkpoint")
+    long_ago = time.time() - STALE_TMP_S - 60
+    os.utime(old, (long_ago, long_ago))
+    os.utime(other, (long_ago, long_ago))
+    Checkpointer(tmp_path, TrainConfig(out_dir=str(tmp_path)), pretrained=False)
+    assert not old.exists()
+    assert young.exists() and other.exists()  # a young one may be a live writer's
