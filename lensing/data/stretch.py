@@ -19,7 +19,7 @@ import torch
 
 from lensing.constants import STRETCHES
 
-STRETCH_SCALE = 100.0  # a: how strongly faint values are lifted (1 count in 100 ~ a tenth)
+STRETCH_SCALE = 100.0  # a: how strongly faint values are lifted (x = 0.01 -> 0.15 under log)
 
 
 def apply_stretch(images: torch.Tensor, stretch: str) -> torch.Tensor:

@@ -6,8 +6,11 @@
 - ``postgresql://user:password@host:5432/db`` serves workers on many machines, through psycopg
   3 (SQLAlchemy 2.1 maps a plain ``postgresql://`` to it; older SQLAlchemy, which would pick
   psycopg2, gets the URL rewritten to ``postgresql+psycopg://``). Connections are checked
-  before use (``pool_pre_ping``), so a restarted server costs a reconnect, not the worker; a
-  heartbeat missed while the server is away is logged and retried on the next beat.
+  before use (``pool_pre_ping``), and once a storage has been opened, a new connection that
+  the server refuses is tried again every second for up to ``RECONNECT_S``: a restarted server
+  costs a reconnect, not the worker (a server that is not there at the start is still an
+  error at once). A heartbeat missed while the server is away is logged and retried on the
+  next beat.
 - A URL's password is never printed: :func:`redact` it first.
 - ``open_storage(url, existing=True)`` only looks at a storage a search has made (the
   dashboard, :mod:`lensing.search.dashboard`).
@@ -34,6 +37,7 @@ HEARTBEAT_INTERVAL_S = 10  # seconds between a running trial's heartbeats
 GRACE_PERIOD_S = 30  # seconds without a heartbeat after which a trial counts as dead
 MAX_RETRY = 3  # automatic retries of a trial whose worker died (a re-run always retries)
 SQLITE_TIMEOUT_S = 60  # a worker waits this long for another's write instead of failing
+RECONNECT_S = 300  # a worker waits this long for a lost database server to come back
 # What a lost or restarting database server raises: a run stops on it with a clear message.
 STORAGE_ERRORS = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
 STORAGE_ERRORS += (StorageInternalError,)
@@ -135,7 +139,40 @@ def open_storage(
     storage = _connect(url, engine_kwargs, heartbeat_interval, grace_period, max_retry)
     if sqlite:
         sqlalchemy.event.listen(storage.engine, "begin", _begin_immediately)
+    else:
+        sqlalchemy.event.listen(storage.engine, "do_connect", _Reconnect(url))
     return storage
+
+
+class _Reconnect:
+    """SQLAlchemy ``do_connect`` hook of an opened storage: a connection the server refuses
+    (down, restarting, not yet accepting) is tried again every second for ``RECONNECT_S``."""
+
+    def __init__(self, url: str) -> None:
+        self.url = redact(url)
+
+    def __call__(self, dialect, conn_rec, cargs, cparams):  # noqa: ANN001 (SQLAlchemy's)
+        deadline, said = time.monotonic() + RECONNECT_S, False
+        while True:
+            try:
+                connection = dialect.connect(*cargs, **cparams)
+            except dialect.loaded_dbapi.OperationalError as err:
+                if time.monotonic() >= deadline:
+                    raise
+                if not said:
+                    reason = redact(str(err).strip().splitlines()[-1] if str(err).strip() else "")
+                    _say(f"lost the search storage {self.url} ({type(err).__name__}: {reason}); "
+                         f"reconnecting for up to {RECONNECT_S} s")  # fmt: skip
+                    said = True
+                time.sleep(1)
+                continue
+            if said:
+                _say(f"reconnected to the search storage {self.url}")
+            return connection
+
+
+def _say(message: str) -> None:
+    print(f"[search] {message}", file=sys.stderr, flush=True)
 
 
 def _open_existing(url: str) -> RDBStorage:

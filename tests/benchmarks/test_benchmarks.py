@@ -15,7 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.__main__ import BENCHMARKS, MEASURES, _targets, cli
-from benchmarks.common import first_per_class, machine, markdown_table, spread
+from benchmarks.common import machine, markdown_table, spread
 from benchmarks.compare_recipes import compare_recipes, comparison_table
 from benchmarks.data_speed import data_speed_table, run_load_time, simulate_rate
 from benchmarks.profile_step import main as profile_main
@@ -136,23 +136,46 @@ def test_run_quality_scores_both_recipes(tiny_splits: dict, tmp_path: Path) -> N
 
 
 @pytest.mark.slow
-def test_search_cost_counts_epochs(tiny_splits: dict, tmp_path: Path) -> None:
-    small = {"train": first_per_class(tiny_splits["train"], 3), "val": tiny_splits["val"]}
-    assert small["train"].class_counts() == dict.fromkeys(CLASSES, 3)
-    grid = {"early": [1e-3], "middle": [1e-3], "late": [1e-4, 1e-3], "fc": [1e-3]}
-    result = run_search_cost(
-        small,
-        epochs=1,
-        modes=("none", "halving"),
-        grid=grid,
-        base_config={"batch_size": 3},
-        work_dir=tmp_path,
-    )
+def test_search_cost_counts_epochs(tmp_path: Path) -> None:
+    """A pruned combination's untrained epochs are counted as saved. The data is plain (noise,
+    a bright ring, a bright bar: one epoch separates them), and the second combination's head
+    learning rate saturates its outputs (val AUC 0.5), so halving stops it after epoch 1."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:150, :150] - 75
+    shapes = {"sphere": np.abs(np.hypot(yy, xx) - 40) < 8, "vort": (abs(yy) < 8) & (abs(xx) < 60)}
+    for split, n in {"train": 4, "val": 3, "test": 1}.items():
+        for name in CLASSES:
+            (tmp_path / "data" / split / name).mkdir(parents=True)
+            for i in range(n):
+                noise = rng.random((150, 150))
+                image = noise if name == "no" else 0.2 * noise + shapes[name]
+                image = (image - image.min()) / (image.max() - image.min())
+                np.save(tmp_path / "data" / split / name / f"{i}.npy", image[None])
+    splits = load_splits(tmp_path / "data", progress=False)
+    grid = {"early": [1e-3], "middle": [1e-3], "late": [1e-3], "fc": [1e-3, 10.0]}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 7 short epochs: one thread wastes less on a shared machine
+    try:
+        result = run_search_cost(
+            {"train": splits["train"], "val": splits["val"]},
+            epochs=2,
+            modes=("none", "halving"),
+            grid=grid,
+            base_config={"batch_size": 4, "augment": "none", "schedule": "plateau"}
+            | {"precision": "fp32"},
+            work_dir=tmp_path / "work",
+        )
+    finally:
+        torch.set_num_threads(threads)
     assert result["combinations"] == 2
-    assert result["modes"]["none"]["epochs_trained"] == 2
-    assert 0 < result["modes"]["halving"]["epochs_trained"] <= 2
-    assert "prune" in search_cost_table(result)
-    assert not any(tmp_path.iterdir())
+    full, halving = result["modes"]["none"], result["modes"]["halving"]
+    assert full["epochs_trained"] == 4 and full["combinations_pruned"] == 0
+    assert halving["combinations_pruned"] == 1  # the saturated head, after its first epoch
+    assert halving["epochs_trained"] == 3
+    assert result["epochs_saved_share"]["halving"] == pytest.approx(0.25)
+    assert result["same_best_as_full_grid"]["halving"]  # pruning lost nothing here
+    assert "| halving | " in search_cost_table(result)
+    assert not any((tmp_path / "work").iterdir())
 
 
 def test_load_time_writes_real_format_and_cleans_up(tiny_splits: dict, tmp_path: Path) -> None:

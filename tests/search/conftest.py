@@ -2,7 +2,7 @@
 
 ``subproc`` runs and watches ``python -m lensing search`` processes (test_search.py and
 test_postgres.py); ``pg`` is a running server for the module (test_postgres.py), from
-:mod:`pg_server`.
+:mod:`pg_server`; ``write_easy_set`` writes a set a few training steps learn (the pruning test).
 """
 
 from __future__ import annotations
@@ -11,10 +11,13 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from pg_server import PostgresUnavailable, postgres_server
 from pg_server import free_port as _free_port
+
+from lensing.constants import CLASSES, IMAGE_SIZE
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -90,3 +93,33 @@ def pg():
         yield server
     finally:
         server_context.__exit__(None, None, None)
+
+
+def _write_easy_set(root: Path, counts: dict[str, int], seed: int = 0) -> Path:
+    """``counts[split]`` images per class that differ plainly: ``no`` is noise, ``sphere`` a
+    bright ring and ``vort`` a bright bar on faint noise. One epoch of a few steps from random
+    weights separates them (val AUC well above 0.5), where the shared ``write_set``'s faint
+    patterns leave a 1-epoch AUC at chance or below: a pruning test needs a combination that
+    really leads."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:IMAGE_SIZE, :IMAGE_SIZE] - IMAGE_SIZE / 2
+    shapes = {
+        "sphere": np.abs(np.hypot(yy, xx) - 40) < 8,
+        "vort": (np.abs(yy) < 8) & (np.abs(xx) < 60),
+    }
+    for split, n in counts.items():
+        for name in CLASSES:
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(1, n + 1):
+                noise = rng.random((IMAGE_SIZE, IMAGE_SIZE))
+                image = noise if name == "no" else 0.2 * noise + shapes[name]
+                image = (image - image.min()) / (image.max() - image.min())
+                np.save(folder / f"{i}.npy", image.reshape(1, IMAGE_SIZE, IMAGE_SIZE))
+    return root
+
+
+@pytest.fixture(scope="session")
+def write_easy_set():
+    """The function that writes an easily learned set: ``write_easy_set(root, counts)``."""
+    return _write_easy_set

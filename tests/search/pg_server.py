@@ -5,8 +5,10 @@
 missing and this process may (root with ``apt-get``), and otherwise raises
 :class:`PostgresUnavailable` with the reason, for the caller to skip on.
 
-The server listens on 127.0.0.1 only, on a free port, trusts connections from 127.0.0.1 only,
-keeps its unix socket inside the temporary folder, and is stopped and removed on exit, also
+The server listens on 127.0.0.1 only, on a free port, and keeps its unix socket inside the
+temporary folder. The test role (``lensing``, whose URL carries its password) logs in with a
+password checked by SCRAM-SHA-256, as on a real server; only the server's own superuser, which
+sets the role up, is trusted from 127.0.0.1. The server is stopped and removed on exit, also
 when the body raised. Durability is switched off (fsync, synchronous_commit): the data is
 thrown away anyway, and tests run faster without waiting for the disk.
 """
@@ -70,6 +72,14 @@ class PostgresServer:
         """Run ``pg_ctl -D <data> ARGS`` as the server's OS user; returns its output."""
         command = [str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), *args]
         return _run_as_server_user(command, timeout)
+
+    def down(self) -> None:
+        """Stop the server (fast mode: open connections are cut) until :meth:`up`."""
+        self.pg_ctl("-w", "-t", str(START_TIMEOUT_S), "-m", "fast", "stop")
+
+    def up(self) -> None:
+        """Start the server again after :meth:`down`."""
+        self.pg_ctl("-w", "-t", str(START_TIMEOUT_S), "-l", str(self.log_file), "start")
 
     def restart(self) -> None:
         """Restart the server (fast mode: open connections are cut, as in a real restart)."""
@@ -182,12 +192,16 @@ def _configure(server: PostgresServer) -> None:
         "full_page_writes": "off",
         "shared_buffers": "'32MB'",
         "max_connections": "100",
+        "password_encryption": "'scram-sha-256'",
     }
     conf = server.data_dir / "postgresql.conf"
     lines = "".join(f"{key} = {value}\n" for key, value in settings.items())
     _write_server_file(conf, conf.read_text() + "\n# throw-away test server\n" + lines)
-    # Only TCP from 127.0.0.1, trusted: no unix-socket or remote line at all.
-    _write_server_file(server.data_dir / "pg_hba.conf", "host all all 127.0.0.1/32 trust\n")
+    # Only TCP from 127.0.0.1: no unix-socket or remote line at all. The superuser (it creates
+    # the role and database) is trusted; every other role needs its password (SCRAM).
+    hba = f"host all {SERVER_OS_USER} 127.0.0.1/32 trust\n"
+    hba += "host all all 127.0.0.1/32 scram-sha-256\n"
+    _write_server_file(server.data_dir / "pg_hba.conf", hba)
 
 
 def _write_server_file(path: Path, text: str) -> None:

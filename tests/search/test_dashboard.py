@@ -3,6 +3,7 @@ optuna-dashboard served over a small search-like study."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -86,17 +88,46 @@ def wait_for_url(proc: subprocess.Popen, log: Path) -> str:
     pytest.fail(f"dashboard did not answer in {STARTUP_TIMEOUT_S} s:\n{log.read_text()}")
 
 
-@pytest.mark.slow
-def test_dashboard_serves_the_study_and_its_trials(search_db: Path, tmp_path: Path) -> None:
-    log = tmp_path / "dashboard.log"
+@contextlib.contextmanager
+def dashboard(search_db: Path, log: Path, *extra: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``python -m lensing dashboard --out search_db --port 0 EXTRA`` running; yields its
+    URL and process, and stops it with SIGTERM."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
     command = [sys.executable, "-m", "lensing", "dashboard", "--out", str(search_db)]
     with open(log, "w") as sink:
         proc = subprocess.Popen(
-            [*command, "--port", "0"], stdout=sink, stderr=subprocess.STDOUT, env=env
+            [*command, "--port", "0", *extra], stdout=sink, stderr=subprocess.STDOUT, env=env
         )
     try:
-        url = wait_for_url(proc, log)
+        yield wait_for_url(proc, log), proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def rename(base: str, study_id: int, name: str) -> int:
+    """What the web page sends to rename a study; returns the HTTP status."""
+    request = urllib.request.Request(
+        f"{base}/api/studies/{study_id}/rename",
+        data=json.dumps({"study_name": name}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def study_names(search_db: Path) -> list[str]:
+    return optuna.get_all_study_names(f"sqlite:///{search_db / SEARCH_DB}")
+
+
+@pytest.mark.slow
+def test_dashboard_serves_the_study_and_its_trials(search_db: Path, tmp_path: Path) -> None:
+    log = tmp_path / "dashboard.log"
+    with dashboard(search_db, log) as (url, _):
         assert url.startswith("http://127.0.0.1:") and url.endswith("/dashboard/")
         base = url.removesuffix("/dashboard/")
         with urllib.request.urlopen(url, timeout=10) as page:
@@ -112,18 +143,25 @@ def test_dashboard_serves_the_study_and_its_trials(search_db: Path, tmp_path: Pa
         assert [t["values"] for t in trials[:2]] == [[0.71], [0.83]]
         (best,) = detail["best_trials"]
         assert best["number"] == 1
-        # Read-only by default: a change from the web page is refused.
-        request = urllib.request.Request(
-            f"{base}/api/studies/{summary['study_id']}/rename", data=b"{}", method="POST"
-        )
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(request, timeout=10)
-        assert refused.value.code == 403
-        assert optuna.get_all_study_names(f"sqlite:///{search_db / SEARCH_DB}") == ["lr_grid"]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        # Read-only by default: a change from the web page is refused, and changes nothing.
+        assert rename(base, summary["study_id"], "renamed") == 403
+        assert study_names(search_db) == ["lr_grid"]
     assert "lr_grid' (3 trials)" in log.read_text()
+
+
+@pytest.mark.slow
+def test_allow_writes_lets_the_page_change_the_study(search_db: Path, tmp_path: Path) -> None:
+    """The same change the read-only dashboard refuses goes through with --allow-writes."""
+    with dashboard(search_db, tmp_path / "dashboard.log", "--allow-writes") as (url, _):
+        base = url.removesuffix("/dashboard/")
+        (summary,) = get_json(f"{base}/api/studies")["study_summaries"]
+        assert rename(base, summary["study_id"], "renamed") == 201
+        assert [s["study_name"] for s in get_json(f"{base}/api/studies")["study_summaries"]] == [
+            "renamed"
+        ]
+    assert study_names(search_db) == ["renamed"]
+    renamed = optuna.load_study(study_name="renamed", storage=f"sqlite:///{search_db / SEARCH_DB}")
+    assert len(renamed.trials) == 3 and renamed.user_attrs["grid"] == GRID
 
 
 def test_missing_database_is_an_error_not_a_new_one(tmp_path: Path, capsys) -> None:

@@ -55,6 +55,10 @@ FAST = [
 TWO = {"early": [1e-4], "middle": [1e-4], "late": [1e-4, 1e-3], "fc": [1e-3]}
 FOUR = {"early": [1e-5, 1e-4], "middle": [1e-4], "late": [1e-4, 1e-3], "fc": [1e-3]}
 ONE = {"early": [1e-4], "middle": [1e-4], "late": [1e-3], "fc": [1e-3]}
+# Two combinations, the second with a head learning rate so large that the head's outputs
+# saturate: its val AUC is 0.5 (one constant prediction), far below the first's after one
+# epoch on the easy set. The grid's order (ascending rates) trains the good one first.
+LAGGING = {"early": [1e-3], "middle": [1e-3], "late": [1e-3], "fc": [1e-3, 10.0]}
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -382,6 +386,41 @@ def test_continue_training_extends_the_best_trial(killed_and_resumed: dict) -> N
     after = json.loads((out / "best_params.json").read_text())
     expected = summary["after"] if summary["improved"] else before["val_auc"]
     assert after["val_auc"] == pytest.approx(expected)
+
+
+# --- pruning -----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_halving_prunes_the_lagging_combination(subproc, tmp_path: Path, write_easy_set) -> None:
+    """``--prune halving`` really stops a combination: the one that lags after its first epoch
+    is PRUNED there, and the table and the log count the epoch it did not train."""
+    data = write_easy_set(tmp_path / "easy", {"train": 4, "val": 3, "test": 1})
+    out, grid = tmp_path / "models", write_grid(tmp_path / "grid.json", LAGGING)
+    extra = ["--prune", "halving", "--schedule", "plateau", "--augment", "none"]
+    command = search_command(data, out, grid, 2, *extra, "--batch-size", "4")
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env=subproc.child_env(threads=1)
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    study = load(out)
+    good, lagging = sorted(study.trials, key=lambda t: t.params["lr_fc"])
+    assert good.state == optuna.trial.TrialState.COMPLETE, good
+    assert good.intermediate_values[1] > 0.5 + 0.1  # the lead the pruner compares against
+    assert lagging.state == optuna.trial.TrialState.PRUNED, lagging.intermediate_values
+    assert lagging.intermediate_values[1] < good.intermediate_values[1]
+    assert sorted(lagging.intermediate_values) == [1]  # stopped after epoch 1 of 2
+    assert lagging.user_attrs["epochs_done"] == 1
+    # Its checkpoint stopped there too: the pruner stopped the training, not only the record.
+    key = trial_key({g: v[-1] for g, v in LAGGING.items()})
+    assert subproc.read_epoch(subproc.checkpoints(out)[key])[0] == 1
+    table = results_table(out_dir=out)
+    assert list(table["state"]) == ["COMPLETE", "PRUNED"]
+    assert list(table["epochs_saved"]) == [0, 1] and table.attrs["epochs_saved"] == 1
+    assert f"trial {lagging.number}: {key} pruned after epoch 1" in done.stdout
+    assert "pruning saved 1 epoch(s)" in done.stdout
+    best = json.loads((out / "best_params.json").read_text())
+    assert best["trial"] == good.number and best["fc"] == 1e-3
 
 
 # --- Ctrl-C, corrupt checkpoints, two workers --------------------------------------------------

@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 import torch
 import torch.distributed as dist
@@ -181,6 +182,68 @@ def test_collectives_gather_uneven_shares_in_rank_order():
         assert (total, largest, sent) == (3.0, 2.0, {"from": 0})
 
 
+# ----------------------------------------------------------------------------- CPU threads
+
+
+@pytest.mark.parametrize(
+    ("omp", "local_world_size", "cores", "threads"),
+    [
+        (None, 2, 8, 4),  # cores / N
+        ("1", 2, 8, 4),  # torchrun's own OMP_NUM_THREADS=1 is replaced
+        ("1", 3, 8, 2),  # rounded down
+        ("1", 4, 2, 1),  # at least one
+        ("3", 2, 8, None),  # a user's explicit setting is kept
+    ],
+)
+def test_each_cpu_process_gets_cores_over_n_threads(
+    monkeypatch, omp, local_world_size, cores, threads
+):
+    """process_group on the CPU: N processes of one machine share its cores."""
+    env = {"RANK": "0", "WORLD_SIZE": str(local_world_size), "LOCAL_RANK": "0"}
+    env |= {"LOCAL_WORLD_SIZE": str(local_world_size), "MASTER_ADDR": "127.0.0.1"}
+    for name, value in (env | {"MASTER_PORT": "1", "OMP_NUM_THREADS": omp}).items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    joined, set_to = [], []
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: joined.append(a))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda *a, **k: None)
+    monkeypatch.setattr(torch, "set_num_threads", set_to.append)
+    with distributed.process_group("cpu"):
+        pass
+    assert joined == [("gloo",)]
+    assert set_to == ([] if threads is None else [threads])
+
+
+THREADS_SCRIPT = """
+import json, os, torch
+from lensing.training import distributed
+with distributed.process_group("cpu") as world:
+    records = distributed.gather_objects({"rank": world.rank, "threads": torch.get_num_threads()})
+if world.is_main:
+    print("THREADS", json.dumps(records))
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_processes_each_get_cores_over_n_threads(tmp_path):
+    script = tmp_path / "threads.py"
+    script.write_text(THREADS_SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    command += ["--master-addr=127.0.0.1", f"--master-port={free_port()}", str(script)]
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"PYTHONPATH": path}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("THREADS ")]
+    cores = len(os.sched_getaffinity(0))
+    expected = [{"rank": r, "threads": max(1, cores // 2)} for r in (0, 1)]
+    assert json.loads(line.removeprefix("THREADS ")) == expected
+
+
 # ----------------------------------------------------------------------------- torchrun
 
 
@@ -296,8 +359,27 @@ def test_torchrun_resume_from_a_corrupt_checkpoint_fails_on_every_rank(ddp_data,
     assert sorted(p.name for p in out.iterdir()) == [CHECKPOINT]
 
 
+def whole_split_scores(weights: dict, val) -> tuple[float, float]:
+    """(macro AUC, mean cross-entropy) of ``weights`` on the whole split, in one process."""
+    model = build_model("none")
+    model.load_state_dict(weights)
+    probs, labels = predict_split(model, val, device=torch.device("cpu"), precision="fp32")
+    loss = -np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)))
+    return compute_metrics(labels, probs, n_bootstrap=0)["auc_macro"], float(loss)
+
+
 @pytest.mark.slow
 def test_a_torchrun_search_worker_trains_each_combination_on_every_rank(ddp_data, tmp_path):
+    """Rank 1 trains the very combination rank 0 took, with its learning rates.
+
+    Rank 1 writes nothing, but it leaves a trace: each epoch's validation gathers rank 1's
+    predictions of its share of the split (7 of the 15 images), made with rank 1's own
+    weights. Those weights equal rank 0's only if rank 1 took the same optimizer steps with
+    the same learning rates from the same start; so the recorded val loss and AUC equal those
+    of rank 0's saved weights scored on the whole split in one process only if both ranks
+    trained the same combination. (One step at another learning rate moves rank 1's weights,
+    and its share's predictions, far beyond the tolerance.)
+    """
     grid = tmp_path / "grid.json"
     grid.write_text(
         json.dumps({"early": [1e-3, 3e-4], "middle": [1e-3], "late": [1e-3], "fc": [1e-3]})
@@ -327,9 +409,17 @@ def test_a_torchrun_search_worker_trains_each_combination_on_every_rank(ddp_data
         check=False,
     )
     assert done.returncode == 0, f"torchrun search failed:\n{done.stdout}\n{done.stderr}"
-    rolling = sorted((out / "trials").glob("*/*/" + CHECKPOINT))
-    assert len(rolling) == 2
-    for path in rolling:
-        state = load_checkpoint(path)
+    study = optuna.load_study(study_name="lr_grid", storage=f"sqlite:///{out}/grid_search.db")
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert sorted(t.params["lr_early"] for t in trials) == [3e-4, 1e-3]
+    val = LensingDataset(ddp_data, "val", progress=False)
+    for trial in trials:
+        folder = out / "trials" / "lr_grid" / trial.user_attrs["key"]
+        state = load_checkpoint(folder / CHECKPOINT)
         assert state["world_size"] == 2 and state["epoch"] == 1
-    assert json.loads((out / "best_params.json").read_text())["val_auc"] >= 0
+        (entry,) = state["history"]
+        best = load_checkpoint(folder / BEST_MODEL)
+        assert {f"lr_{g}": rate for g, rate in best["params"].items()} == trial.params
+        auc, loss = whole_split_scores(best["model"], val)
+        assert entry["val_loss"] == pytest.approx(loss, rel=1e-5), trial.params
+        assert entry["val_auc"] == pytest.approx(auc, abs=1e-6) == trial.value
