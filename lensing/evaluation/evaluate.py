@@ -104,23 +104,22 @@ def evaluate_checkpoint(
         options,
     )
     figures = out_dir / "figures"
+    explained = (model, dataset, labels, probs, figures)
     summary = write_explanations(
-        model,
-        dataset,
-        labels,
-        probs,
-        figures,
-        temperature=temperature,
-        saliency=explain,
-        stretch=options["stretch"],
+        *explained, temperature=temperature, saliency=explain, stretch=options["stretch"]
     )
     metrics["calibration"] = {key: summary[key] for key in CALIBRATION_KEYS}
     atomic_write_json(out_dir / METRICS_JSON, metrics)
+    _plot_results(metrics, labels, probs, state, figures)
+    return metrics
+
+
+def _plot_results(metrics: dict, labels, probs, state: dict[str, Any], figures: Path) -> None:
+    """ROC curves, the confusion matrix and, when the checkpoint has one, the history."""
     plot_roc(labels, probs, figures / "roc.png", classes=CLASSES)
     plot_confusion(metrics["confusion_matrix"], figures / "confusion_matrix.png", classes=CLASSES)
     if state.get("history"):
         plot_history(state["history"], figures / "training_history.png")
-    return metrics
 
 
 def validation_temperature(
