@@ -48,22 +48,24 @@ def train_and_score(
     precision: str = "auto",
     n_bootstrap: int = 0,
     work_dir: Path | None = None,
+    device: str = DEVICE,
 ) -> dict[str, Any]:
     """Train on ``splits["train"]``/``["val"]`` and score the best epoch on ``splits["test"]``.
 
     fields: TrainConfig values of the run (a recipe's, e.g. ``recipe_fields(name)``); the
         data, the output folder, ``epochs``, ``batch_size``, ``seed``, ``precision``, random
-        init and the CPU are set here and take precedence.
+        init and the device are set here and take precedence.
     precision: as ``TrainConfig.precision``; resolved once for training and scoring.
     n_bootstrap: bootstrap resamples of the test macro AUC's 95 % interval (0: none).
     work_dir: where the temporary training folder goes (default: the system's), deleted after.
+    device: where to train and score ("cpu", the benchmarks' machine; "cuda" for a GPU run).
 
     Returns {"plain", "tta": the test scores without and with D4 averaging (``SCORES`` of
     ``compute_metrics``), "best_val_auc", "best_epoch", "train_seconds" (fit alone),
     "precision" (the resolved one), "history" (fit's per-epoch dicts)}. Fit's epoch lines go
     to stderr, so stdout keeps only the benchmarks' tables.
     """
-    used = resolve_precision(precision, torch.device(DEVICE))
+    used = resolve_precision(precision, torch.device(device))
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="bench_train_") as out:
         config = TrainConfig(
             **(
@@ -76,7 +78,7 @@ def train_and_score(
                     "seed": seed,
                     "precision": used,
                     "pretrained": "none",
-                    "device": DEVICE,
+                    "device": device,
                 }
             )
         )
@@ -88,7 +90,7 @@ def train_and_score(
     scores = {}
     for kind, tta in (("plain", False), ("tta", True)):
         probs, labels = predict_split(
-            model, splits["test"], device=DEVICE, precision=used, tta=tta, stretch=config.stretch
+            model, splits["test"], device=device, precision=used, tta=tta, stretch=config.stretch
         )
         metrics = compute_metrics(labels, probs, CLASSES, n_bootstrap=n_bootstrap)
         scores[kind] = {key: metrics[key] for key in SCORES}

@@ -4,9 +4,10 @@
 ``DIR/<split>/<class>/<i>.npy`` and ``DIR/manifest.json``; ``--check DIR`` compares a folder
 with the real Test I set. The modules, one concept each:
 
-- :mod:`~lensing.simulate.presets`: the named presets (``test-i``, the default, and
-  ``legacy``), dataclasses of documented parameters with units;
-- :mod:`~lensing.simulate.draw`: drawing one image's lens, source and substructure;
+- :mod:`~lensing.simulate.presets`: the named presets (``test-i``, the default, ``legacy``
+  and ``model-a``), dataclasses of documented parameters with units;
+- :mod:`~lensing.simulate.draw`: drawing one image's lens, source and substructure
+  (:mod:`~lensing.simulate.model_a` for the ``model-a`` family);
 - :mod:`~lensing.simulate.physics`: the physics (lenstronomy models, rendering, noise,
   normalization);
 - :mod:`~lensing.simulate.writer`: the data set on disk (layout, manifest, workers, resume);
@@ -27,6 +28,7 @@ from lensing.simulate.presets import (
     DEFAULT_PRESET,
     PRESETS,
     LegacyPreset,
+    ModelAPreset,
     Preset,
     TestIPreset,
     get_preset,
@@ -44,6 +46,7 @@ __all__ = [
     "IMAGE_SHAPE",
     "PRESETS",
     "LegacyPreset",
+    "ModelAPreset",
     "TestIPreset",
     "Preset",
     "draw_parameters",

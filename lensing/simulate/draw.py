@@ -14,11 +14,13 @@ import math
 import numpy as np
 
 from lensing.constants import CLASSES
+from lensing.simulate.model_a import draw_model_a
 from lensing.simulate.physics import point_mass_theta_e
 from lensing.simulate.presets import (
     DEFAULT_PRESET,
     PRESETS,
     LegacyPreset,
+    ModelAPreset,
     Preset,
     Range,
     TestIPreset,
@@ -234,7 +236,8 @@ def draw_parameters(
     SHEAR, POINT_MASS..., GAUSSIAN...], "lens_models": tuple of their names, "source":
     [SERSIC_ELLIPSE], "lens_light": [SERSIC_ELLIPSE] or [] (test-i has none), "masses":
     array of the point masses in M_sun}``, and for ``test-i`` ``"peak_counts"`` (counts at the
-    brightest noiseless pixel above the sky).
+    brightest noiseless pixel above the sky). ``model-a``: see
+    :func:`~lensing.simulate.model_a.draw_model_a` (an SIS, no GAUSSIAN, ``"peak_snr"``).
     """
     if class_name not in CLASSES:
         raise ValueError(f"unknown class {class_name!r}; expected one of {CLASSES}")
@@ -242,4 +245,6 @@ def draw_parameters(
         return _draw_legacy(class_name, rng, preset)
     if isinstance(preset, TestIPreset):
         return _draw_test_i(class_name, rng, preset)
+    if isinstance(preset, ModelAPreset):
+        return draw_model_a(class_name, rng, preset)
     raise ValueError(f"preset of type {type(preset).__name__}; expected a preset of PRESETS")

@@ -16,6 +16,8 @@ Noise, per preset
     holds the drawn ``peak_counts``, on a flat sky of ``sky_counts``; each pixel is then an
     integer Poisson draw, so after min-max normalization every value is a multiple of 1/k,
     k = max - min counts, as in the real set.
+    ``model-a``: the lensed source alone (continuous, arbitrary units) plus Gaussian background
+    noise of one sigma per image, the noiseless peak divided by the drawn ``peak_snr``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import math
 
 import numpy as np
 
-from lensing.simulate.presets import LegacyPreset, Preset, TestIPreset
+from lensing.simulate.presets import LegacyPreset, ModelAPreset, Preset, TestIPreset
 
 # Per-process caches: building lenstronomy's grid, PSF and model objects costs more than
 # drawing an image, so each worker builds them once per (preset, lens model list).
@@ -67,12 +69,13 @@ def image_model(preset: Preset, lens_models: tuple[str, ...]):
         )
         psf = PSF(psf_type="GAUSSIAN", fwhm=preset.psf_fwhm, pixel_size=pix, truncation=5)
         with_light = isinstance(preset, LegacyPreset)
+        one_sersic = with_light or isinstance(preset, ModelAPreset)
         _IMAGE_MODELS[key] = ImageModel(
             grid,
             psf,
             lens_model_class=LensModel(list(lens_models)),
             source_model_class=LightModel(
-                ["SERSIC_ELLIPSE"] if with_light else ["SERSIC_ELLIPSE", "SERSIC"]
+                ["SERSIC_ELLIPSE"] if one_sersic else ["SERSIC_ELLIPSE", "SERSIC"]
             ),
             lens_light_model_class=LightModel(["SERSIC_ELLIPSE"] if with_light else []),
             kwargs_numerics={"supersampling_factor": 1, "supersampling_convolution": False},
@@ -83,7 +86,8 @@ def image_model(preset: Preset, lens_models: tuple[str, ...]):
 def noiseless(params: dict, preset: Preset) -> np.ndarray:
     """The model image of ``draw_parameters``' output, shape (size, size), before any noise.
 
-    Units: counts/s per pixel for ``legacy``; arbitrary (source amplitude 1) for ``test-i``.
+    Units: counts/s per pixel for ``legacy``; arbitrary (source amplitude 1) for ``test-i`` and
+    ``model-a``.
     """
     model = image_model(preset, params["lens_models"])
     if params["lens_light"]:
@@ -97,9 +101,14 @@ def render(params: dict, rng: np.random.Generator | None, preset: Preset) -> np.
     ``legacy``: counts/s per pixel, with Gaussian-approximated Poisson and background noise
     drawn from ``rng`` (None: the noiseless model). ``test-i``: counts, the source scaled to
     ``params["peak_counts"]`` on a flat ``sky_counts`` sky, integer Poisson draws from ``rng``
-    (None: the noiseless expected counts).
+    (None: the noiseless expected counts). ``model-a``: arbitrary units, Gaussian noise of
+    sigma = noiseless peak / ``params["peak_snr"]`` from ``rng`` (None: the noiseless model).
     """
     image = noiseless(params, preset)
+    if isinstance(preset, ModelAPreset):
+        if rng is None:
+            return image
+        return image + rng.standard_normal(image.shape) * (image.max() / params["peak_snr"])
     if isinstance(preset, TestIPreset):
         peak = image.max()
         if not peak > 0:

@@ -260,3 +260,24 @@ def test_compare_recipes_scores_each_recipe_per_seed_and_tabulates_them(
     assert "epoch" not in capsys.readouterr().out  # fit's lines go to stderr, not the tables
     table = comparison_table(result)
     assert "seed-notebook" in table and "+-" in table
+
+
+@pytest.mark.slow
+def test_difficulty_trains_every_preset_beside_its_baseline(tmp_path, capsys):
+    import json
+
+    from benchmarks.difficulty import main as difficulty
+
+    out = tmp_path / "difficulty.json"
+    argv = ["--tiny", "--presets", "test-i", "model-a:subhalo_mass=1e9/1e10"]
+    assert difficulty([*argv, "--work", str(tmp_path / "sets"), "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [r["preset"] for r in report["results"]] == ["test-i", "model-a"]
+    assert report["results"][1]["overrides"] == {"subhalo_mass": [1e9, 1e10]}
+    for result in report["results"]:
+        assert result["per_class"] == {"train": 6, "val": 3, "test": 3}
+        assert [run["seed"] for run in result["runs"]] == [0]
+        assert 0 <= result["summary"]["auc_macro_mean"] <= 1
+        assert result["summary"]["hardest"] in ("no", "sphere", "vort")
+        assert 0 <= result["baseline_pixel_stats"]["auc_macro"] <= 1
+    assert "model-a subhalo_mass=1e+09/1e+10" in capsys.readouterr().out
