@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import pickle
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -51,3 +55,69 @@ def write_set():
 def small_set(tmp_path: Path) -> Path:
     """4 train, 2 val and 2 test images per class."""
     return _write_set(tmp_path / "set", {"train": 4, "val": 2, "test": 2})
+
+
+# --- as an unprivileged user ------------------------------------------------------------------
+
+NOBODY = 65534  # uid and gid of "nobody"
+
+
+def _as_unprivileged(function, *args):
+    """``function(*args)`` as a user that file modes bind; its result must pickle.
+
+    Not root: called here. Root, how CI runs, bypasses file modes: it runs in a forked child
+    that first drops to uid/gid 65534 ("nobody"). The child does not exec, so it needs no
+    access to the interpreter (root's may lie under /root). Skips only where root cannot drop
+    its privileges (no CAP_SETUID/CAP_SETGID in the container).
+    """
+    if os.name != "posix":
+        pytest.skip("file modes are POSIX")
+    if os.geteuid() != 0:
+        return function(*args)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop root, run, send the outcome, leave without any cleanup
+        try:
+            os.close(read)
+            try:
+                os.setgroups([])
+                os.setgid(NOBODY)
+                os.setuid(NOBODY)
+                outcome = ("skip", f"root cannot drop to uid {NOBODY}")
+                if os.geteuid() == NOBODY and os.getegid() == NOBODY:
+                    outcome = ("ok", function(*args))
+            except BaseException as err:  # noqa: BLE001 - reported to the parent
+                outcome = ("raised", f"{type(err).__name__}: {err}")
+            with os.fdopen(write, "wb") as f:
+                pickle.dump(outcome, f)
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    kind, value = pickle.loads(data) if data else ("raised", "the child died")
+    if kind == "skip":
+        pytest.skip(value)
+    assert kind == "ok", f"as uid {NOBODY}: {value}"
+    return value
+
+
+@pytest.fixture(scope="session")
+def as_unprivileged():
+    """``as_unprivileged(function, *args)``: ``function(*args)`` as a user file modes bind
+    (see ``_as_unprivileged``)."""
+    return _as_unprivileged
+
+
+@pytest.fixture
+def open_dir():
+    """A fresh folder (mode 0755) that an unprivileged user can reach: pytest's own temporary
+    folders sit under a 0700 one of root's when root runs the tests."""
+    path = Path(tempfile.mkdtemp(prefix="lensing-perm-"))
+    path.chmod(0o755)
+    yield path
+    for sub in path.rglob("*"):
+        if sub.is_dir() and not sub.is_symlink():
+            sub.chmod(0o755)
+    shutil.rmtree(path)

@@ -6,10 +6,8 @@ import dataclasses
 import errno
 import os
 import pickle
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
@@ -57,65 +55,6 @@ def refused(path, match: str, **kwargs) -> ImageError:
         read_image(path, **kwargs)
     assert info.value.reason == str(info.value)
     return info.value
-
-
-# --- as an unprivileged user ------------------------------------------------------------------
-
-NOBODY = 65534  # uid and gid of "nobody"
-
-
-def as_unprivileged(function, *args):
-    """``function(*args)`` as a user that file modes bind; its result must pickle.
-
-    Not root: called here. Root, how CI runs, bypasses file modes: it runs in a forked child
-    that first drops to uid/gid 65534 ("nobody"). The child does not exec, so it needs no
-    access to the interpreter (root's may lie under /root). Skips only where root cannot drop
-    its privileges (no CAP_SETUID/CAP_SETGID in the container).
-    """
-    if os.name != "posix":
-        pytest.skip("file modes are POSIX")
-    if os.geteuid() != 0:
-        return function(*args)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: drop root, run, send the outcome, leave without any cleanup
-        try:
-            os.close(read)
-            try:
-                os.setgroups([])
-                os.setgid(NOBODY)
-                os.setuid(NOBODY)
-                outcome = ("skip", f"root cannot drop to uid {NOBODY}")
-                if os.geteuid() == NOBODY and os.getegid() == NOBODY:
-                    outcome = ("ok", function(*args))
-            except BaseException as err:  # noqa: BLE001 - reported to the parent
-                outcome = ("raised", f"{type(err).__name__}: {err}")
-            with os.fdopen(write, "wb") as f:
-                pickle.dump(outcome, f)
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    kind, value = pickle.loads(data) if data else ("raised", "the child died")
-    if kind == "skip":
-        pytest.skip(value)
-    assert kind == "ok", f"as uid {NOBODY}: {value}"
-    return value
-
-
-@pytest.fixture
-def open_dir():
-    """A fresh folder (mode 0755) that an unprivileged user can reach: pytest's own temporary
-    folders sit under a 0700 one of root's when root runs the tests."""
-    path = Path(tempfile.mkdtemp(prefix="lensing-perm-"))
-    path.chmod(0o755)
-    yield path
-    for sub in path.rglob("*"):
-        if sub.is_dir() and not sub.is_symlink():
-            sub.chmod(0o755)
-    shutil.rmtree(path)
 
 
 def reason(path) -> str:
@@ -339,7 +278,7 @@ def catch(path) -> str:
     return "no error"
 
 
-def test_permission_denied(open_dir, image):
+def test_permission_denied(open_dir, image, as_unprivileged):
     readable = save(open_dir / "readable.npy", image)
     locked = save(open_dir / "locked.npy", image)
     readable.chmod(0o644)
@@ -408,7 +347,7 @@ def test_find_images_nested_with_loop(tmp_path, image):
     assert all(read_image(p).array.shape == (N, N) for p in files)
 
 
-def test_find_images_unreadable_folder(open_dir, image):
+def test_find_images_unreadable_folder(open_dir, image, as_unprivileged):
     for name in ("locked", "open"):
         (open_dir / name).mkdir(mode=0o755)
         save(open_dir / name / "1.npy", image).chmod(0o644)

@@ -7,7 +7,6 @@ import hashlib
 import json
 import math
 import os
-import pickle
 import shutil
 import tempfile
 from pathlib import Path
@@ -202,48 +201,7 @@ def test_output_that_is_a_file_or_under_a_file(tmp_path):
     assert a_file.read_text() == "keep me" and list(tmp_path.iterdir()) == [a_file]
 
 
-NOBODY = 65534  # uid and gid of "nobody"
-
-
-def as_unprivileged(function, *args):
-    """``function(*args)`` as a user that file modes bind; its result must pickle.
-
-    Not root: called here. Root, how CI runs, may write anywhere: it runs in a forked child
-    that first drops to uid/gid 65534 ("nobody"). The child does not exec, so it needs no
-    access to the interpreter (root's may lie under /root). Skips only where root cannot drop
-    its privileges (no CAP_SETUID/CAP_SETGID in the container).
-    """
-    if os.name != "posix":
-        pytest.skip("file modes are POSIX")
-    if os.geteuid() != 0:
-        return function(*args)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: drop root, run, send the outcome, leave without any cleanup
-        try:
-            os.close(read)
-            try:
-                os.setgroups([])
-                os.setgid(NOBODY)
-                os.setuid(NOBODY)
-                outcome = ("skip", f"root cannot drop to uid {NOBODY}")
-                if os.geteuid() == NOBODY and os.getegid() == NOBODY:
-                    outcome = ("ok", function(*args))
-            except BaseException as err:  # noqa: BLE001 - reported to the parent
-                outcome = ("raised", f"{type(err).__name__}: {err}")
-            with os.fdopen(write, "wb") as f:
-                pickle.dump(outcome, f)
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    kind, value = pickle.loads(data) if data else ("raised", "the child died")
-    if kind == "skip":
-        pytest.skip(value)
-    assert kind == "ok", f"as uid {NOBODY}: {value}"
-    return value
+NOBODY = 65534  # uid and gid of "nobody", as whom as_unprivileged runs
 
 
 def refusal(out: Path) -> str:
@@ -255,7 +213,7 @@ def refusal(out: Path) -> str:
     return "written"
 
 
-def test_read_only_output_folder(tmp_path):
+def test_read_only_output_folder(tmp_path, as_unprivileged):
     make(tmp_path / "warm")  # as root: loads the simulator's imports before the fork
     # A folder an unprivileged user reaches (pytest's sit under root's 0700 one when root runs).
     top = Path(tempfile.mkdtemp(prefix="lensing-perm-"))
