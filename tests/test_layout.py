@@ -80,3 +80,14 @@ def test_parsers_live_under_cli_only():
         if "argparse.ArgumentParser(" in path.read_text() and not name.startswith("lensing.cli")
     ]
     assert not outside
+
+
+def test_every_public_name_of_a_subpackage_resolves():
+    import importlib
+
+    lazy = [name for name, path in modules().items() if "lazy_exports(" in path.read_text()]
+    assert len(lazy) >= 5  # data, data.readers, training, evaluation, evaluation.figures
+    for name in lazy:
+        package = importlib.import_module(name)
+        for public in package.__all__:
+            assert getattr(package, public) is not None, f"{name}.{public}"
