@@ -83,9 +83,10 @@ def train_rate(device: Any, batch: int, compile_model: bool, profile: dict) -> d
     from lensing.training.model import build_model, prepare_model
     from lensing.training.optim import make_optimizer
     from lensing.training.recipes import recipe_rates
+    from lensing.training.rng import seed_everything
     from lensing.training.steps import train_one_epoch
 
-    torch.manual_seed(0)
+    seed_everything(0)
     model = prepare_model(build_model("none"), device, compile_model=compile_model)
     optimizer = make_optimizer(model, recipe_rates("default"))
     generator = torch.Generator().manual_seed(1)
@@ -119,12 +120,12 @@ def train_rate(device: Any, batch: int, compile_model: bool, profile: dict) -> d
 
 def infer_rate(device: Any, batch: int, tta: bool, profile: dict) -> dict:
     """Images/s of ``predict_split`` (softmax probabilities), with or without D4 averaging."""
-    import torch
 
     from lensing.evaluation.inference import predict_split
     from lensing.training.model import build_model, prepare_model
+    from lensing.training.rng import seed_everything
 
-    torch.manual_seed(0)
+    seed_everything(0)
     model = prepare_model(build_model("none"), device)
     split = _pool(profile["infer_images"])
     options = {"device": device, "batch_size": batch, "precision": "bf16", "tta": tta}
