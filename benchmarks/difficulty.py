@@ -1,13 +1,18 @@
-"""How hard a simulated set is to learn: ``python -m benchmarks.difficulty --out FILE.json``.
+"""How hard a simulated set is to learn, as learning curves: ``python -m benchmarks.difficulty``.
 
 For each preset (``test-i``, ``model-a``, ... with optional overrides, ``NAME:field=value``) it
-simulates a set of ``--per-class`` images per class (train, val, test), trains the default
-recipe from random weights for ``--epochs`` epochs at batch ``--batch-size`` with each seed,
-and scores the test split with D4 averaging, beside the pixel-statistics baseline of
-``benchmarks.separability`` on the same set. The difficulty issue's target for the stand-in:
-test macro AUC 0.95-0.98 (mean of 3 seeds) at 2,000 / 250 / 500 per class and 6 epochs,
-``sphere`` the hardest class, the baseline at most 0.60. Training runs on ``--device``
-(a GPU makes the 3-seed grid a matter of minutes); ``--tiny`` runs every step in seconds.
+simulates ``--per-class`` images per class (train, val, test), fits the pixel-statistics
+baseline of ``benchmarks.separability`` on it, and trains each ``--recipes`` variant from random
+weights for ``--epochs`` epochs with each seed. After every epoch the test split is scored (no
+test-time averaging) from that epoch's checkpoint: test macro AUC against images seen and
+optimizer steps, the learning curve. At the end the best validation epoch is scored with D4
+averaging. It prints two tables: the end points (mean +- sd over seeds, each class's AUC, the
+hardest class, accuracy, the baseline) and the curves.
+
+The difficulty issue's target for the stand-in: test macro AUC 0.95-0.98 (mean of 3 seeds) at
+2,000 / 250 / 500 per class and 6 epochs, ``sphere`` the hardest class, the baseline at most
+0.60. Training runs on ``--device`` (a GPU makes the 3-seed grid a matter of minutes);
+``--tiny`` runs every step in seconds.
 """
 
 from __future__ import annotations
@@ -20,14 +25,26 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import log, markdown_table
+from benchmarks.common import log, machine, markdown_table
 from benchmarks.scoring import train_and_score
 from benchmarks.separability import measure_separability
 from lensing.atomic import atomic_write_json
-from lensing.constants import CLASSES
+from lensing.constants import CLASSES, LAYER_GROUPS
 from lensing.data.dataset import load_splits
 from lensing.simulate import get_preset, simulate_dataset
 from lensing.training.recipes import recipe_fields
+
+# The training variants a curve can compare: the named recipes and single levers on the
+# default (TrainConfig fields; ``batch_size`` overrides ``--batch-size``).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": recipe_fields("default"),
+    "seed-notebook": recipe_fields("seed-notebook"),
+    "default, batch 32": recipe_fields("default") | {"batch_size": 32},
+    "default, arcsinh": recipe_fields("default") | {"stretch": "arcsinh"},
+    "default, weight decay 1e-4": recipe_fields("default") | {"weight_decay": 1e-4},
+    "default, lr 3e-4": recipe_fields("default") | {f"lr_{g}": 3e-4 for g in LAYER_GROUPS},
+    "default, lr 1e-4": recipe_fields("default") | {f"lr_{g}": 1e-4 for g in LAYER_GROUPS},
+}
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
@@ -47,71 +64,145 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return name, overrides
 
 
-def measure(spec: str, args: argparse.Namespace) -> dict[str, Any]:
-    """One preset: simulate, baseline, then train and score every seed."""
+def set_folder(work: Path, spec: str, counts: dict[str, int]) -> Path:
+    """Where the set of ``spec`` at ``counts`` images per class is simulated (and reused)."""
+    name = spec.replace(":", "_").replace("=", "-").replace(",", "_").replace("/", "-")
+    return work / f"{name}_{counts['train']}-{counts['val']}-{counts['test']}"
+
+
+def measure(spec: str, args: argparse.Namespace, report: dict[str, Any]) -> None:
+    """One preset: simulate, baseline, then train and score every variant with every seed;
+    ``report["results"]`` gets one entry per variant, written after every run."""
     name, overrides = parse_spec(spec)
     counts = dict(zip(("train", "val", "test"), args.per_class, strict=True))
-    folder = args.work / spec.replace(":", "_").replace("=", "-").replace(",", "_")
+    folder = set_folder(args.work, spec, counts)
     started = time.perf_counter()
     simulate_dataset(folder, counts, seed=7, progress=False, preset=get_preset(name, **overrides))
     simulate_s = time.perf_counter() - started
     baseline = measure_separability(folder)["results"]["pixel-stats"]["test"]
     splits = load_splits(folder, progress=False)
-    runs = []
-    for seed in args.seeds:
-        log(f"{spec}: seed {seed}")
-        scored = train_and_score(
-            splits,
-            recipe_fields("default"),
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            seed=seed,
-            device=args.device,
-            work_dir=args.work,
-        )
-        tta = scored["tta"]
-        runs.append({"seed": seed, "train_seconds": scored["train_seconds"], **tta})
-    return {
-        "preset": name,
-        "overrides": overrides,
-        "per_class": counts,
-        "simulate_seconds": simulate_s,
-        "baseline_pixel_stats": baseline,
-        "runs": runs,
-        "summary": summarize(runs),
-    }
+    for variant in args.recipes:
+        fields = dict(VARIANTS[variant])
+        batch_size = fields.pop("batch_size", args.batch_size)
+        result = {
+            "preset": name,
+            "overrides": overrides,
+            "recipe": variant,
+            "batch_size": batch_size,
+            "per_class": counts,
+            "simulate_seconds": simulate_s,
+            "baseline_pixel_stats": baseline,
+            "runs": [],
+        }
+        report["results"].append(result)
+        for seed in args.seeds:
+            log(f"{spec}, {variant}: seed {seed}")
+            scored = train_and_score(
+                splits,
+                fields,
+                epochs=args.epochs,
+                batch_size=batch_size,
+                seed=seed,
+                device=args.device,
+                work_dir=args.work,
+                curve=True,
+            )
+            result["runs"].append(
+                {
+                    "seed": seed,
+                    "train_seconds": scored["train_seconds"],
+                    "best_epoch": scored["best_epoch"],
+                    "curve": scored["curve"],
+                    **scored["tta"],
+                }
+            )
+            result["summary"] = summarize(result["runs"])
+            atomic_write_json(args.out, report)
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and sd over seeds of the macro AUC, accuracy and each class's AUC; the hardest
-    class (lowest mean AUC)."""
+    """Mean and sd over seeds of the macro AUC, accuracy, each class's AUC and recall, and of
+    each epoch's curve point; the hardest class (lowest mean AUC)."""
     macro = np.array([r["auc_macro"] for r in runs])
     per_class = {c: float(np.mean([r["auc_per_class"][c] for r in runs])) for c in CLASSES}
     return {
         "auc_macro_mean": float(macro.mean()),
-        "auc_macro_sd": float(macro.std(ddof=1)) if len(macro) > 1 else 0.0,
+        "auc_macro_sd": _sd(macro),
         "accuracy_mean": float(np.mean([r["accuracy"] for r in runs])),
         "auc_per_class_mean": per_class,
+        "recall_per_class_mean": {
+            c: float(np.mean([_recalls(r["confusion_matrix"])[k] for r in runs]))
+            for k, c in enumerate(CLASSES)
+        },
         "hardest": min(per_class, key=per_class.get),
+        "curve": [
+            {
+                "epoch": points[0]["epoch"],
+                "images_seen": points[0]["images_seen"],
+                "steps": points[0]["steps"],
+                "auc_macro_mean": float(np.mean([p["auc_macro"] for p in points])),
+                "auc_macro_sd": _sd(np.array([p["auc_macro"] for p in points])),
+                "accuracy_mean": float(np.mean([p["accuracy"] for p in points])),
+            }
+            for points in zip(*(r["curve"] for r in runs), strict=True)
+        ],
     }
 
 
+def _recalls(confusion: list[list[int]]) -> list[float]:
+    matrix = np.asarray(confusion, dtype=np.float64)
+    return list(np.diag(matrix) / np.maximum(matrix.sum(axis=1), 1))
+
+
+def _sd(values: np.ndarray) -> float:
+    return float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def _label(result: dict[str, Any]) -> str:
+    return result["preset"] + "".join(f" {k}={_shown(v)}" for k, v in result["overrides"].items())
+
+
 def difficulty_table(results: list[dict[str, Any]]) -> str:
+    """The end points: best validation epoch, D4 averaging, over seeds."""
     rows = []
     for r in results:
         s = r["summary"]
         rows.append(
             [
-                r["preset"] + "".join(f" {k}={_shown(v)}" for k, v in r["overrides"].items()),
+                _label(r),
+                r["recipe"],
                 len(r["runs"]),
                 f"{s['auc_macro_mean']:.4f} +- {s['auc_macro_sd']:.4f}",
                 *(s["auc_per_class_mean"][c] for c in CLASSES),
                 s["hardest"],
                 s["accuracy_mean"],
+                " / ".join(f"{s['recall_per_class_mean'][c]:.2f}" for c in CLASSES),
                 r["baseline_pixel_stats"]["auc_macro"],
             ]
         )
-    header = ["preset", "seeds", "test macro AUC (D4)", *CLASSES, "hardest"]
+    header = ["preset", "recipe", "seeds", "test macro AUC (D4)", *CLASSES, "hardest"]
+    header += ["accuracy", "recall no / sphere / vort", "pixel-stats baseline"]
+    return markdown_table(header, rows)
+
+
+def curve_table(results: list[dict[str, Any]]) -> str:
+    """Test macro AUC (no D4) after every epoch against images seen and optimizer steps."""
+    rows = []
+    for r in results:
+        for point in r["summary"]["curve"]:
+            rows.append(
+                [
+                    _label(r),
+                    r["recipe"],
+                    point["epoch"],
+                    f"{point['images_seen']:,}",
+                    point["steps"],
+                    f"{point['auc_macro_mean']:.3f} +- {point['auc_macro_sd']:.3f}",
+                    point["accuracy_mean"],
+                    r["baseline_pixel_stats"]["auc_macro"],
+                ]
+            )
+    header = ["preset", "recipe", "epoch", "images seen", "steps", "test macro AUC"]
     return markdown_table([*header, "accuracy", "pixel-stats baseline"], rows)
 
 
@@ -122,28 +213,32 @@ def _shown(value: Any) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.difficulty",
-        description="Test AUC of the default recipe over seeds on simulated presets, beside "
-        "the pixel-statistics baseline.",
+        description="Learning curves of training variants over seeds on simulated presets, "
+        "beside the pixel-statistics baseline.",
     )
     add = parser.add_argument
     add("--presets", nargs="+", default=["test-i", "model-a"], help="NAME[:field=value,...]")
+    add("--recipes", nargs="+", default=["default"], choices=list(VARIANTS))
     add("--per-class", nargs=3, type=int, default=[2000, 250, 500], help="train val test")
-    add("--epochs", type=int, default=6)
+    add("--epochs", type=int, default=None, help="6 (--tiny: 1)")
     add("--batch-size", type=int, default=64)
     add("--seeds", nargs="+", type=int, default=[0, 1, 2])
     add("--device", default="cpu", help="cpu or cuda")
     add("--work", type=Path, default=Path("data/difficulty"), help="simulated sets go here")
     add("--out", type=Path, default=Path("reports/difficulty.json"))
-    add("--tiny", action="store_true", help="6/3/3 images per class, 1 epoch, seed 0")
+    add("--tiny", action="store_true", help="6/3/3 images per class, seed 0, batch 8")
     args = parser.parse_args(argv)
     if args.tiny:
-        args.per_class, args.epochs, args.seeds, args.batch_size = [6, 3, 3], 1, [0], 8
+        args.per_class, args.seeds, args.batch_size = [6, 3, 3], [0], 8
+    if args.epochs is None:
+        args.epochs = 1 if args.tiny else 6
     report = {"command": "python -m benchmarks.difficulty " + " ".join(argv or sys.argv[1:])}
-    report |= {"epochs": args.epochs, "batch_size": args.batch_size, "results": []}
-    for spec in args.presets:  # written after each preset, so a cut-short run keeps its part
-        report["results"].append(measure(spec, args))
-        atomic_write_json(args.out, report)
+    report |= {"epochs": args.epochs, "machine": machine(), "results": []}
+    for spec in args.presets:
+        measure(spec, args, report)
     print(difficulty_table(report["results"]))
+    print()
+    print(curve_table(report["results"]))
     return 0
 
 

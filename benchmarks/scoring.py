@@ -10,10 +10,11 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from lensing.constants import CLASSES, LAYER_GROUPS
 from lensing.evaluation.inference import load_trained_model, predict_split
 from lensing.evaluation.metrics import compute_metrics
 from lensing.runtime import resolve_precision
-from lensing.training.checkpoint import BEST_MODEL
+from lensing.training.checkpoint import BEST_MODEL, CHECKPOINT
 from lensing.training.config import TrainConfig
 from lensing.training.fit import fit
 from lensing.training.recipes import recipe_rates
@@ -49,6 +50,7 @@ def train_and_score(
     n_bootstrap: int = 0,
     work_dir: Path | None = None,
     device: str = DEVICE,
+    curve: bool = False,
 ) -> dict[str, Any]:
     """Train on ``splits["train"]``/``["val"]`` and score the best epoch on ``splits["test"]``.
 
@@ -59,11 +61,14 @@ def train_and_score(
     n_bootstrap: bootstrap resamples of the test macro AUC's 95 % interval (0: none).
     work_dir: where the temporary training folder goes (default: the system's), deleted after.
     device: where to train and score ("cpu", the benchmarks' machine; "cuda" for a GPU run).
+    curve: also score the test split (without D4 averaging) after every epoch, from that
+        epoch's rolling checkpoint: the learning curve.
 
     Returns {"plain", "tta": the test scores without and with D4 averaging (``SCORES`` of
     ``compute_metrics``), "best_val_auc", "best_epoch", "train_seconds" (fit alone),
-    "precision" (the resolved one), "history" (fit's per-epoch dicts)}. Fit's epoch lines go
-    to stderr, so stdout keeps only the benchmarks' tables.
+    "precision" (the resolved one), "history" (fit's per-epoch dicts), and with ``curve``
+    "curve": per epoch {"epoch", "images_seen", "steps", "auc_macro", "accuracy",
+    "score_seconds"}}. Fit's epoch lines go to stderr, so stdout keeps only the tables.
     """
     used = resolve_precision(precision, torch.device(device))
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="bench_train_") as out:
@@ -82,10 +87,17 @@ def train_and_score(
                 }
             )
         )
+        points: list[dict[str, Any]] = []
+        score_epoch = _curve_scorer(splits, config, used, points) if curve else None
         start = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):
-            trained = fit(config, {"train": splits["train"], "val": splits["val"]}, progress=False)
-        seconds = time.perf_counter() - start
+            trained = fit(
+                config,
+                {"train": splits["train"], "val": splits["val"]},
+                on_epoch_end=score_epoch,
+                progress=False,
+            )
+        seconds = time.perf_counter() - start - sum(p["score_seconds"] for p in points)
         model, best = load_trained_model(Path(out) / BEST_MODEL)
     scores = {}
     for kind, tta in (("plain", False), ("tta", True)):
@@ -94,10 +106,47 @@ def train_and_score(
         )
         metrics = compute_metrics(labels, probs, CLASSES, n_bootstrap=n_bootstrap)
         scores[kind] = {key: metrics[key] for key in SCORES}
-    return scores | {
-        "best_val_auc": best["val_auc"],
-        "best_epoch": best["epoch"],
-        "train_seconds": seconds,
-        "precision": used,
-        "history": trained["history"],
-    }
+    return (
+        scores
+        | {
+            "best_val_auc": best["val_auc"],
+            "best_epoch": best["epoch"],
+            "train_seconds": seconds,
+            "precision": used,
+            "history": trained["history"],
+        }
+        | ({"curve": points} if curve else {})
+    )
+
+
+def _curve_scorer(
+    splits: Mapping[str, Any], config: TrainConfig, precision: str, points: list[dict[str, Any]]
+) -> Callable[[int, dict[str, Any]], None]:
+    """fit's ``on_epoch_end``: score the epoch's rolling checkpoint on the test split (no D4)
+    and append the point to ``points``; its own time is recorded so it can be taken off."""
+    n_train = len(splits["train"])
+    steps_per_epoch = math.ceil(n_train / config.batch_size)
+
+    def score(epoch: int, entry: dict[str, Any]) -> None:
+        start = time.perf_counter()
+        model, _ = load_trained_model(Path(config.out_dir) / CHECKPOINT)
+        probs, labels = predict_split(
+            model,
+            splits["test"],
+            device=config.device,
+            precision=precision,
+            stretch=config.stretch,
+        )
+        metrics = compute_metrics(labels, probs, CLASSES, n_bootstrap=0)
+        points.append(
+            {
+                "epoch": epoch,
+                "images_seen": epoch * n_train,
+                "steps": epoch * steps_per_epoch,
+                "auc_macro": metrics["auc_macro"],
+                "accuracy": metrics["accuracy"],
+                "score_seconds": time.perf_counter() - start,
+            }
+        )
+
+    return score

@@ -219,7 +219,11 @@ def _test_i_smooth(rng: np.random.Generator, preset: TestIPreset) -> tuple[list,
 def _draw_test_i(class_name: str, rng: np.random.Generator, preset: TestIPreset) -> dict:
     lens, source = _test_i_smooth(rng, preset)
     peak_counts = _uniform(rng, preset.peak_counts)
-    top = preset.substructure_mass
+    # Lenses differ in their subhalo content: each image's mass scale is the preset's times
+    # 10^u, u uniform in +-strength_dex (drawn for every class, so the streams stay alike).
+    top = preset.substructure_mass * 10 ** _uniform(
+        rng, (-preset.strength_dex, preset.strength_dex)
+    )
     masses = np.zeros(0)
     if top > 0:  # else no substructure at all: every class is the smooth lens
         bounds = (preset.subhalo_mass_min_fraction * top, top)

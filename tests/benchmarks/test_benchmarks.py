@@ -270,14 +270,32 @@ def test_difficulty_trains_every_preset_beside_its_baseline(tmp_path, capsys):
 
     out = tmp_path / "difficulty.json"
     argv = ["--tiny", "--presets", "test-i", "model-a:subhalo_mass=1e9/1e10"]
+    argv += ["--recipes", "default", "default, batch 32", "--epochs", "2"]
     assert difficulty([*argv, "--work", str(tmp_path / "sets"), "--out", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert [r["preset"] for r in report["results"]] == ["test-i", "model-a"]
-    assert report["results"][1]["overrides"] == {"subhalo_mass": [1e9, 1e10]}
-    for result in report["results"]:
+    results = report["results"]
+    assert [(r["preset"], r["recipe"]) for r in results] == [
+        ("test-i", "default"),
+        ("test-i", "default, batch 32"),
+        ("model-a", "default"),
+        ("model-a", "default, batch 32"),
+    ]
+    assert results[2]["overrides"] == {"subhalo_mass": [1e9, 1e10]}
+    for result in results:
         assert result["per_class"] == {"train": 6, "val": 3, "test": 3}
         assert [run["seed"] for run in result["runs"]] == [0]
         assert 0 <= result["summary"]["auc_macro_mean"] <= 1
         assert result["summary"]["hardest"] in ("no", "sphere", "vort")
         assert 0 <= result["baseline_pixel_stats"]["auc_macro"] <= 1
-    assert "model-a subhalo_mass=1e+09/1e+10" in capsys.readouterr().out
+        # A point per epoch: 18 training images, at batch 8 (3 steps) or 32 (1 step).
+        steps = 3 if result["batch_size"] == 8 else 1
+        curve = result["runs"][0]["curve"]
+        assert [(p["epoch"], p["images_seen"], p["steps"]) for p in curve] == [
+            (1, 18, steps),
+            (2, 36, 2 * steps),
+        ]
+        assert all(0 <= p["auc_macro"] <= 1 for p in curve)
+    # Both variants trained on the one simulated set of each preset.
+    assert len(list((tmp_path / "sets").glob("*_6-3-3"))) == 2
+    printed = capsys.readouterr().out
+    assert "model-a subhalo_mass=1e+09/1e+10" in printed and "images seen" in printed
