@@ -36,9 +36,10 @@ from lensing.training.recipes import recipe_rates
 # without native bf16). "full" is a longer search on a larger set.
 PROFILES = {
     "quick": {
-        # The budget the simulator's default strength was calibrated on: 400 images per class
-        # for 6 epochs is where a ResNet18 from random weights starts to see the substructure
-        # (at 300 for 4 epochs every recipe stays near chance).
+        # A few minutes on a 2-core CPU: the whole pipeline end to end. On the recalibrated
+        # `test-i` stand-in a ResNet18 from random weights does not learn the substructure at
+        # this budget (the README's Results and "How hard the stand-in is"); a model worth
+        # using needs the full profile, ImageNet weights or a GPU.
         "simulate": {"train": 400, "val": 100, "test": 150},  # images per class
         # On the real set the same budget: a stratified subset of each split, so the quick
         # profile takes the same few minutes (all 27,000 training images would take an hour).
