@@ -9,7 +9,7 @@ optimizer steps, the learning curve. At the end the best validation epoch is sco
 averaging. It prints two tables: the end points (mean +- sd over seeds, each class's AUC, the
 hardest class, accuracy, the baseline) and the curves.
 
-The difficulty issue's target for the stand-in: test macro AUC 0.95-0.98 (mean of 3 seeds) at
+The target set for the stand-in: test macro AUC 0.95-0.98 (mean of 3 seeds) at
 2,000 / 250 / 500 per class and 6 epochs, ``sphere`` the hardest class, the baseline at most
 0.60. Training runs on ``--device`` (a GPU makes the 3-seed grid a matter of minutes);
 ``--tiny`` runs every step in seconds.

@@ -30,7 +30,7 @@ from typing import Any
 from lensing.atomic import atomic_write_json
 from lensing.constants import CLASSES, IMAGE_SIZE, REPORTS_DIR
 
-# The aims of the GPU issue: one H200, the real set's size (27,000 training images after the
+# The aims of the GPU run: one H200, the real set's size (27,000 training images after the
 # 10% test split), 30 epochs.
 AIM_TRAIN_IMAGES_PER_S = 20_000
 AIM_FULL_RUN_S = 60.0
