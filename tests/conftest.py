@@ -51,6 +51,24 @@ def write_set():
     return _write_set
 
 
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory: pytest.TempPathFactory):
+    """``module_tmp(name)``: a new folder for a module's fixture, removed when the module ends.
+
+    For fixtures that train and checkpoint (hundreds of MB each): pytest itself keeps every
+    module-scoped folder until the whole session ends.
+    """
+    made: list[Path] = []
+
+    def make(name: str) -> Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield make
+    for folder in made:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture
 def small_set(tmp_path: Path) -> Path:
     """4 train, 2 val and 2 test images per class."""

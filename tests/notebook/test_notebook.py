@@ -109,10 +109,10 @@ def check_outputs_as_seen(executed: dict) -> str:
 
 
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory) -> dict:
+def searched(module_tmp) -> dict:
     """One full run of the notebook on a tiny simulated set: its folder, parameters, executed
     notebook, metrics and the files it trained (with their modification times)."""
-    tmp_path = tmp_path_factory.mktemp("notebook")
+    tmp_path = module_tmp("notebook")
     with pytest.MonkeyPatch.context() as monkeypatch:
         offline_torch_hub(monkeypatch, tmp_path)
         parameters = tiny_parameters(tmp_path)

@@ -143,10 +143,10 @@ def test_the_role_logs_in_with_its_password_only(pg) -> None:
 
 
 @pytest.fixture(scope="module")
-def three_workers(subproc, pg, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def three_workers(subproc, pg, data_dir: Path, module_tmp) -> dict:
     """Three workers on a 4-combination grid; the one mid-way through a trial (after its first
     epoch checkpoint) is SIGKILLed and started again."""
-    tmp = tmp_path_factory.mktemp("three")
+    tmp = module_tmp("three")
     out, study_name = tmp / "models", "three"
     out.mkdir()
     command = worker_command(data_dir, out, FOUR, 2, pg.url, study_name)
@@ -217,11 +217,11 @@ def recorded_epochs(study: optuna.Study) -> set[int]:
 
 
 @pytest.fixture(scope="module")
-def server_restart(subproc, pg, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def server_restart(subproc, pg, data_dir: Path, module_tmp) -> dict:
     """One worker on a 3-combination grid. The server goes down once its first trial has
     reported epoch 1, and comes back only after that trial has written its epoch-2
     checkpoint and, for a few seconds, has been trying to report it to the server."""
-    tmp = tmp_path_factory.mktemp("restart")
+    tmp = module_tmp("restart")
     out, study_name = tmp / "models", "restart"
     out.mkdir()
     command = worker_command(data_dir, out, THREE, 2, pg.url, study_name)
@@ -287,12 +287,12 @@ def other_host_prefix() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def other_host(subproc, pg, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def other_host(subproc, pg, data_dir: Path, module_tmp) -> dict:
     """Two workers started together on a 1-combination grid (4 epochs), one here and one on
     another host: one takes the trial, the other waits for it. The one training is SIGKILLed
     after an epoch's checkpoint, and the other takes its trial over."""
     prefix = other_host_prefix()
-    tmp = tmp_path_factory.mktemp("other-host")
+    tmp = module_tmp("other-host")
     out, study_name = tmp / "models", "other_host"
     out.mkdir()
     command = worker_command(data_dir, out, ONE, 4, pg.url, study_name)

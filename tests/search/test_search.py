@@ -271,10 +271,10 @@ def test_results_table_without_a_search(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def killed_and_resumed(subproc, tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict:
+def killed_and_resumed(subproc, module_tmp, data_dir: Path) -> dict:
     """A 2-combination search, SIGKILLed when one combination has finished its 3 epochs and
     the other is mid-way, then run again to the end."""
-    tmp = tmp_path_factory.mktemp("kill")
+    tmp = module_tmp("kill")
     out, grid = tmp / "models", write_grid(tmp / "grid.json", TWO)
     command = search_command(data_dir, out, grid, 3)
     log = tmp / "first"
