@@ -11,6 +11,7 @@ the job says so. The notebook then runs under papermill with a profile's paramet
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -180,7 +181,20 @@ def main_job(profile_name: str = "quick", seed: int = 0) -> Path:
         f"Done in {minutes:.1f} min: {output}, {REPORTS_DIR / 'metrics.json'}, figures in "
         f"{REPORTS_DIR / 'figures'}"
     )
+    print(final_verdict(REPORTS_DIR / "metrics.json"))
     return output
+
+
+def final_verdict(metrics_json: Path) -> str:
+    """The last word of the main job: whether its model has learned the classes (the test
+    metrics the notebook wrote), so a run that ends at chance does not pass unnoticed."""
+    from lensing.evaluation.verdict import verdict
+
+    try:
+        metrics = json.loads(metrics_json.read_text())
+    except (OSError, ValueError) as error:
+        return f"No verdict: {metrics_json} could not be read ({error}); expected test metrics."
+    return f"On the {metrics.get('split', 'test')} split: {verdict(metrics)}"
 
 
 def build_parser() -> argparse.ArgumentParser:

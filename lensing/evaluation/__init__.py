@@ -3,6 +3,7 @@
 - :mod:`~lensing.evaluation.inference`: ``predict_split`` (with D4 averaging) and
   ``load_trained_model``;
 - :mod:`~lensing.evaluation.metrics`: AUCs, the bootstrap interval, the confusion matrix;
+- :mod:`~lensing.evaluation.verdict`: whether a model has learned the classes, in words;
 - :mod:`~lensing.evaluation.calibration`: ECE and temperature scaling;
 - :mod:`~lensing.evaluation.saliency`: Grad-CAM maps (captum);
 - :mod:`~lensing.evaluation.evaluate`: checkpoint -> metrics.json -> figures;
@@ -23,6 +24,7 @@ _EXPORTS = {
     "predict_split": "inference",
     "load_trained_model": "inference",
     "compute_metrics": "metrics",
+    "verdict": "verdict",
     "fit_temperature": "calibration",
     "expected_calibration_error": "calibration",
     "saliency_maps": "saliency",

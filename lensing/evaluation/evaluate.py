@@ -26,6 +26,7 @@ from lensing.evaluation.figures.explain import write_explanations
 from lensing.evaluation.figures.plots import plot_confusion, plot_history, plot_roc
 from lensing.evaluation.inference import load_trained_model, predict_split
 from lensing.evaluation.metrics import compute_metrics
+from lensing.evaluation.verdict import verdict
 from lensing.runtime import pick_device, resolve_precision
 
 METRICS_JSON = "metrics.json"
@@ -170,7 +171,8 @@ def was_pretrained(state: dict[str, Any]) -> bool | None:
 
 
 def format_markdown(metrics: dict[str, Any]) -> str:
-    """The metrics as two markdown tables: AUCs and accuracy, then the confusion matrix."""
+    """The metrics as two markdown tables (AUCs and accuracy, then the confusion matrix) and
+    the verdict: whether the model has learned the classes."""
     classes = metrics.get("classes") or list(CLASSES)
     ci = metrics.get("auc_macro_ci95")
     macro = f"{metrics['auc_macro']:.4f}"
@@ -207,4 +209,5 @@ def format_markdown(metrics: dict[str, Any]) -> str:
     ]
     for name, row in zip(classes, metrics["confusion_matrix"], strict=True):
         lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
+    lines += ["", verdict(metrics)]
     return "\n".join(lines)

@@ -401,6 +401,7 @@ def test_cli_prints_a_markdown_table(small_set, tiny_model, tmp_path, capsys) ->
     assert "| AUC sphere |" in printed and "| accuracy |" in printed
     assert "| true \\ predicted | no | sphere | vort |" in printed
     assert json.loads((out / "metrics.json").read_text())["split"] == "val"
+    assert printed.splitlines()[-3].startswith("This model")  # the verdict, before "wrote"
 
 
 def test_cli_names_a_broken_checkpoint(small_set, tmp_path, capsys) -> None:
