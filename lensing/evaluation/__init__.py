@@ -24,7 +24,6 @@ _EXPORTS = {
     "predict_split": "inference",
     "load_trained_model": "inference",
     "compute_metrics": "metrics",
-    "verdict": "verdict",
     "fit_temperature": "calibration",
     "expected_calibration_error": "calibration",
     "saliency_maps": "saliency",
