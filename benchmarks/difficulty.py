@@ -31,6 +31,7 @@ from benchmarks.separability import measure_separability
 from lensing.atomic import atomic_write_json
 from lensing.constants import CLASSES, LAYER_GROUPS
 from lensing.data.dataset import load_splits
+from lensing.evaluation.metrics import class_recalls
 from lensing.simulate import get_preset, simulate_dataset
 from lensing.training.recipes import recipe_fields
 
@@ -125,15 +126,13 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     each epoch's curve point; the hardest class (lowest mean AUC)."""
     macro = np.array([r["auc_macro"] for r in runs])
     per_class = {c: float(np.mean([r["auc_per_class"][c] for r in runs])) for c in CLASSES}
+    recalls = [class_recalls(r["confusion_matrix"], CLASSES) for r in runs]
     return {
         "auc_macro_mean": float(macro.mean()),
         "auc_macro_sd": _sd(macro),
         "accuracy_mean": float(np.mean([r["accuracy"] for r in runs])),
         "auc_per_class_mean": per_class,
-        "recall_per_class_mean": {
-            c: float(np.mean([_recalls(r["confusion_matrix"])[k] for r in runs]))
-            for k, c in enumerate(CLASSES)
-        },
+        "recall_per_class_mean": {c: float(np.mean([r[c] for r in recalls])) for c in CLASSES},
         "hardest": min(per_class, key=per_class.get),
         "curve": [
             {
@@ -147,11 +146,6 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             for points in zip(*(r["curve"] for r in runs), strict=True)
         ],
     }
-
-
-def _recalls(confusion: list[list[int]]) -> list[float]:
-    matrix = np.asarray(confusion, dtype=np.float64)
-    return list(np.diag(matrix) / np.maximum(matrix.sum(axis=1), 1))
 
 
 def _sd(values: np.ndarray) -> float:

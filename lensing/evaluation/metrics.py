@@ -80,6 +80,14 @@ def compute_metrics(
     }
 
 
+def class_recalls(confusion: Sequence[Sequence[int]], classes: Sequence[str]) -> dict[str, float]:
+    """Each class's recall, the share of its images predicted as it, from a confusion matrix
+    (rows = true class, in ``classes`` order); 0.0 for a class with no image."""
+    matrix = np.asarray(confusion, dtype=np.float64)
+    recall = np.diag(matrix) / np.maximum(matrix.sum(axis=1), 1)
+    return {name: float(r) for name, r in zip(classes, recall, strict=True)}
+
+
 def check_inputs(labels: Any, probs: Any, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """``(labels int64 (N,), probs float64 (N, K))`` as arrays, or a ValueError saying what is
     wrong: shapes, label range, non-finite scores, a class with no image."""

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from lensing.evaluation.metrics import class_recalls
+
 CHANCE_AUC = 0.5
 CHANCE_MARGIN = 0.05  # without an interval: a macro AUC below 0.55 counts as chance
 LOW_RECALL = 0.2  # a class found less often than this is one the model does not predict
@@ -24,16 +26,6 @@ ADVICE = (
     'ImageNet weights, or a GPU; the README\'s "How hard the stand-in is" gives the budgets '
     "at which a ResNet18 learns the simulated set"
 )
-
-
-def recalls(metrics: dict[str, Any]) -> dict[str, float]:
-    """Each class's recall (share of its images predicted as it), from the confusion matrix."""
-    classes = metrics["classes"]
-    rows = metrics["confusion_matrix"]
-    return {
-        name: (row[k] / sum(row) if sum(row) else 0.0)
-        for k, (name, row) in enumerate(zip(classes, rows, strict=True))
-    }
 
 
 def at_chance(metrics: dict[str, Any]) -> bool:
@@ -50,7 +42,8 @@ def verdict(metrics: dict[str, Any]) -> str:
     ci = metrics.get("auc_macro_ci95")
     if ci:
         auc += f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})"
-    neglected = {name: r for name, r in recalls(metrics).items() if r < LOW_RECALL}
+    recalls = class_recalls(metrics["confusion_matrix"], metrics["classes"])
+    neglected = {name: r for name, r in recalls.items() if r < LOW_RECALL}
     missed = ", ".join(f"{name} {r:.2f}" for name, r in neglected.items())
     if at_chance(metrics):
         why = f"its {auc} cannot be told from chance (0.5)"
@@ -63,7 +56,7 @@ def verdict(metrics: dict[str, Any]) -> str:
             f"some of them (recall {missed}): its labels are not usable yet. What helps: "
             f"{ADVICE}."
         )
-    lowest = min(recalls(metrics).items(), key=lambda item: item[1])
+    lowest = min(recalls.items(), key=lambda item: item[1])
     return (
         f"This model has learned the classes: {auc}, accuracy {metrics['accuracy']:.3f}, "
         f"lowest recall {lowest[1]:.2f} ({lowest[0]})."

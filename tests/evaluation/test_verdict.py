@@ -9,10 +9,14 @@ import pytest
 
 from lensing.cli.run import final_verdict
 from lensing.constants import CLASSES
-from lensing.evaluation.metrics import compute_metrics
-from lensing.evaluation.verdict import at_chance, recalls, verdict
+from lensing.evaluation.metrics import class_recalls, compute_metrics
+from lensing.evaluation.verdict import at_chance, verdict
 
 N_PER_CLASS = 200
+
+
+def recalls(metrics: dict) -> dict[str, float]:
+    return class_recalls(metrics["confusion_matrix"], metrics["classes"])
 
 
 def scores(signal: float, collapse_to: int | None = None, seed: int = 0) -> dict:
@@ -59,8 +63,7 @@ def test_a_model_that_separates_the_classes_is_said_to_have_learned_them() -> No
 
 
 def test_recalls_are_the_confusion_matrix_rows() -> None:
-    metrics = {"classes": ["a", "b"], "confusion_matrix": [[3, 1], [0, 0]]}
-    assert recalls(metrics) == {"a": 0.75, "b": 0.0}
+    assert class_recalls([[3, 1], [0, 0]], ["a", "b"]) == {"a": 0.75, "b": 0.0}
 
 
 @pytest.mark.parametrize(("auc", "expected"), [(0.53, True), (0.60, False)])
