@@ -2,12 +2,15 @@
 
 For each preset (``test-i``, ``model-a``, ... with optional overrides, ``NAME:field=value``) it
 simulates ``--per-class`` images per class (train, val, test), fits the pixel-statistics
-baseline of ``benchmarks.separability`` on it, and trains each ``--recipes`` variant from random
-weights for ``--epochs`` epochs with each seed. After every epoch the test split is scored (no
-test-time averaging) from that epoch's checkpoint: test macro AUC against images seen and
-optimizer steps, the learning curve. At the end the best validation epoch is scored with D4
-averaging. It prints two tables: the end points (mean +- sd over seeds, each class's AUC, the
-hardest class, accuracy, the baseline) and the curves.
+baseline of ``benchmarks.separability`` on it, and trains each ``--recipes`` variant from each
+of the ``--pretrained`` starting points (``none``: random weights, the default; ``lensing``:
+the package's lensing weights; a weights file, e.g. one pretrained with a family held out)
+for ``--epochs`` epochs with each seed: the transfer benchmark. After every epoch the test
+split is scored (no test-time averaging) from that epoch's checkpoint: test macro AUC against
+images seen and optimizer steps, the learning curve. At the end the best validation epoch is
+scored with D4 averaging. It prints two tables: the end points (mean +- sd over seeds, each
+class's AUC, the hardest class, accuracy, the baseline, and the starting weights' own AUC
+before fine-tuning) and the curves.
 
 The target set for the stand-in: test macro AUC 0.95-0.98 (mean of 3 seeds) at
 2,000 / 250 / 500 per class and 6 epochs, ``sphere`` the hardest class, the baseline at most
@@ -45,7 +48,24 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "default, weight decay 1e-4": recipe_fields("default") | {"weight_decay": 1e-4},
     "default, lr 3e-4": recipe_fields("default") | {f"lr_{g}": 3e-4 for g in LAYER_GROUPS},
     "default, lr 1e-4": recipe_fields("default") | {f"lr_{g}": 1e-4 for g in LAYER_GROUPS},
+    # Per-group rates for fine-tuning pretrained weights: early layers move less.
+    "default, graded": recipe_fields("default")
+    | {"lr_early": 1e-4, "lr_middle": 3e-4, "lr_late": 1e-3, "lr_fc": 1e-3},
+    "default, gentle": recipe_fields("default")
+    | {"lr_early": 1e-5, "lr_middle": 1e-4, "lr_late": 3e-4, "lr_fc": 1e-3},
 }
+
+
+def zero_shot(weights: str, test: Any, device: str) -> float | None:
+    """Test macro AUC of the starting weights before any fine-tuning (None for random ones)."""
+    if weights == "none":
+        return None
+    from lensing.evaluation.inference import predict_split
+    from lensing.evaluation.metrics import compute_metrics
+    from lensing.training.model import build_model
+
+    probs, labels = predict_split(build_model(weights), test, device=device, precision="auto")
+    return float(compute_metrics(labels, probs, CLASSES, n_bootstrap=0)["auc_macro"])
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
@@ -82,13 +102,15 @@ def measure(spec: str, args: argparse.Namespace, report: dict[str, Any]) -> None
     simulate_s = time.perf_counter() - started
     baseline = measure_separability(folder)["results"]["pixel-stats"]["test"]
     splits = load_splits(folder, progress=False)
-    for variant in args.recipes:
-        fields = dict(VARIANTS[variant])
+    for weights, variant in [(w, v) for w in args.pretrained for v in args.recipes]:
+        fields = dict(VARIANTS[variant]) | {"pretrained": weights}
         batch_size = fields.pop("batch_size", args.batch_size)
         result = {
             "preset": name,
             "overrides": overrides,
             "recipe": variant,
+            "pretrained": weights,
+            "zero_shot_auc": zero_shot(weights, splits["test"], args.device),
             "batch_size": batch_size,
             "per_class": counts,
             "simulate_seconds": simulate_s,
@@ -97,7 +119,7 @@ def measure(spec: str, args: argparse.Namespace, report: dict[str, Any]) -> None
         }
         report["results"].append(result)
         for seed in args.seeds:
-            log(f"{spec}, {variant}: seed {seed}")
+            log(f"{spec}, {variant}, from {weights}: seed {seed}")
             scored = train_and_score(
                 splits,
                 fields,
@@ -113,6 +135,7 @@ def measure(spec: str, args: argparse.Namespace, report: dict[str, Any]) -> None
                     "seed": seed,
                     "train_seconds": scored["train_seconds"],
                     "best_epoch": scored["best_epoch"],
+                    "weights": scored["weights"],
                     "curve": scored["curve"],
                     **scored["tta"],
                 }
@@ -165,7 +188,9 @@ def difficulty_table(results: list[dict[str, Any]]) -> str:
             [
                 _label(r),
                 r["recipe"],
+                _weights(r),
                 len(r["runs"]),
+                "-" if r.get("zero_shot_auc") is None else f"{r['zero_shot_auc']:.4f}",
                 f"{s['auc_macro_mean']:.4f} +- {s['auc_macro_sd']:.4f}",
                 *(s["auc_per_class_mean"][c] for c in CLASSES),
                 s["hardest"],
@@ -174,7 +199,9 @@ def difficulty_table(results: list[dict[str, Any]]) -> str:
                 r["baseline_pixel_stats"]["auc_macro"],
             ]
         )
-    header = ["preset", "recipe", "seeds", "test macro AUC (D4)", *CLASSES, "hardest"]
+    header = ["preset", "recipe", "weights", "seeds", "before fine-tuning"]
+    header += ["test macro AUC (D4)", *CLASSES]
+    header += ["hardest"]
     header += ["accuracy", "recall no / sphere / vort", "pixel-stats baseline"]
     return markdown_table(header, rows)
 
@@ -188,6 +215,7 @@ def curve_table(results: list[dict[str, Any]]) -> str:
                 [
                     _label(r),
                     r["recipe"],
+                    _weights(r),
                     point["epoch"],
                     f"{point['images_seen']:,}",
                     point["steps"],
@@ -196,8 +224,14 @@ def curve_table(results: list[dict[str, Any]]) -> str:
                     r["baseline_pixel_stats"]["auc_macro"],
                 ]
             )
-    header = ["preset", "recipe", "epoch", "images seen", "steps", "test macro AUC"]
+    header = ["preset", "recipe", "weights", "epoch", "images seen", "steps", "test macro AUC"]
     return markdown_table([*header, "accuracy", "pixel-stats baseline"], rows)
+
+
+def _weights(result: dict[str, Any]) -> str:
+    """The starting weights as the runs recorded them (``lensing:<hash>``, a path, none)."""
+    recorded = {run.get("weights") for run in result["runs"]} - {None}
+    return ", ".join(sorted(recorded)) or result.get("pretrained", "none")
 
 
 def _shown(value: Any) -> str:
@@ -213,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     add = parser.add_argument
     add("--presets", nargs="+", default=["test-i", "model-a"], help="NAME[:field=value,...]")
     add("--recipes", nargs="+", default=["default"], choices=list(VARIANTS))
+    add("--pretrained", nargs="+", default=["none"], help="none, lensing, imagenet or PATHs")
     add("--per-class", nargs=3, type=int, default=[2000, 250, 500], help="train val test")
     add("--epochs", type=int, default=None, help="6 (--tiny: 1)")
     add("--batch-size", type=int, default=64)

@@ -55,8 +55,9 @@ def train_and_score(
     """Train on ``splits["train"]``/``["val"]`` and score the best epoch on ``splits["test"]``.
 
     fields: TrainConfig values of the run (a recipe's, e.g. ``recipe_fields(name)``); the
-        data, the output folder, ``epochs``, ``batch_size``, ``seed``, ``precision``, random
-        init and the device are set here and take precedence.
+        data, the output folder, ``epochs``, ``batch_size``, ``seed``, ``precision`` and the
+        device are set here and take precedence. The weights start random unless ``fields``
+        names others (``"pretrained": "lensing"`` or a path: the transfer benchmark).
     precision: as ``TrainConfig.precision``; resolved once for training and scoring.
     n_bootstrap: bootstrap resamples of the test macro AUC's 95 % interval (0: none).
     work_dir: where the temporary training folder goes (default: the system's), deleted after.
@@ -82,7 +83,7 @@ def train_and_score(
                     "batch_size": batch_size,
                     "seed": seed,
                     "precision": used,
-                    "pretrained": "none",
+                    "pretrained": fields.get("pretrained", "none"),
                     "device": device,
                 }
             )
@@ -114,6 +115,7 @@ def train_and_score(
             "train_seconds": seconds,
             "precision": used,
             "history": trained["history"],
+            "weights": trained["weights"],
         }
         | ({"curve": points} if curve else {})
     )

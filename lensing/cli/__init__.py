@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "search": "resumable grid search over the per-group learning rates",
     "run": "the main job: data, notebook headless, reports",
     "simulate": "write a simulated data set in the real data's format",
+    "pretrain": "make the package's lensing weights on simulated lenses",
     "predict": "classify new image files (.npy, FITS) into a CSV",
     "dashboard": "optuna-dashboard on 127.0.0.1 for the search's study",
     "download": "fetch, verify and unpack the real data set into data/dataset",

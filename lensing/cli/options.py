@@ -52,7 +52,12 @@ TRAINING_OPTIONS: tuple[TrainingOption, ...] = (
     TrainingOption("--data", "data_dir", "data folder", {}),
     TrainingOption("--batch-size", "batch_size", "images per step and process", {"type": int}),
     TrainingOption("--weight-decay", "weight_decay", "Adam L2 penalty", {"type": float}),
-    TrainingOption("--pretrained", "pretrained", "imagenet, none or PATH to a weights file", {}),
+    TrainingOption(
+        "--pretrained",
+        "pretrained",
+        "imagenet (else lensing), lensing, none or PATH to a weights file",
+        {},
+    ),
     TrainingOption(
         "--precision",
         "precision",

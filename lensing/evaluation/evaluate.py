@@ -51,8 +51,7 @@ def evaluate_checkpoint(
     Parameters
     ----------
     data_dir: data set root (``train/``, ``val/``, optionally ``test/``).
-    checkpoint: a ``best_model.pth`` or rolling ``checkpoint.pth`` (key ``model`` holds the
-        state_dict).
+    checkpoint: a ``best_model.pth`` or rolling ``checkpoint.pth`` (its ``model``: weights).
     split: "train", "val" or "test".
     out_dir: where ``metrics.json`` and ``figures/`` go.
     tta: average predictions over the 8 rotations and flips.
@@ -65,12 +64,12 @@ def evaluate_checkpoint(
     Returns
     -------
     The metrics dict of ``compute_metrics`` plus ``data`` (the data's provenance),
-    ``pretrained`` (bool, or None when the checkpoint does not say), ``split``, ``n_images``,
-    ``checkpoint`` (path), ``tta``, ``precision`` and ``calibration`` ({ece, ece_calibrated,
-    temperature}: the expected calibration error before and after temperature scaling, the
-    temperature fitted on the validation split and stored in the checkpoint for ``predict``)
-    and ``out_of_distribution`` (the split's images outside the training data; see
-    ``out_of_distribution``).
+    ``pretrained`` (bool, or None when the checkpoint does not say), ``weights`` (see
+    ``weights_of``), ``split``, ``n_images``, ``checkpoint`` (path), ``tta``, ``precision``,
+    ``calibration`` ({ece, ece_calibrated, temperature}: the expected calibration error before
+    and after temperature scaling, the temperature fitted on the validation split and stored
+    in the checkpoint for ``predict``) and ``out_of_distribution`` (the split's images outside
+    the training data; see ``out_of_distribution``).
     """
     out_dir = Path(out_dir)
     model, state = load_trained_model(checkpoint)
@@ -89,6 +88,7 @@ def evaluate_checkpoint(
     metrics.update(
         data=provenance(data_dir),
         pretrained=was_pretrained(state),
+        weights=weights_of(state),
         split=split,
         n_images=int(len(labels)),
         checkpoint=str(checkpoint),
@@ -157,8 +157,17 @@ def out_of_distribution(state: dict[str, Any], dataset: Any) -> dict[str, Any]:
     return summary | {"rate": rate, "summary": ood.summary_line(summary)}
 
 
+def weights_of(state: dict[str, Any]) -> str | None:
+    """The weights a checkpoint's training started from ("imagenet", "lensing:<hash>",
+    "none" or a path); None when the checkpoint does not say."""
+    value = state.get("weights")
+    if isinstance(value, str):
+        return value
+    return "none" if was_pretrained(state) is False else None
+
+
 def was_pretrained(state: dict[str, Any]) -> bool | None:
-    """Whether a checkpoint's model started from ImageNet weights; None when it cannot say."""
+    """Whether a checkpoint's model started from pretrained weights; None when it cannot say."""
     value = state.get("pretrained")
     if isinstance(value, bool):
         return value
@@ -180,7 +189,8 @@ def format_markdown(metrics: dict[str, Any]) -> str:
         macro += f" (95% CI {ci[0]:.4f}-{ci[1]:.4f})"
     lines = [
         f"{metrics.get('split', '?')} split, {metrics.get('n_images', '?')} images, "
-        f"{metrics.get('data', '?')} data" + (", TTA" if metrics.get("tta") else ""),
+        f"{metrics.get('data', '?')} data, started from weights "
+        f"{metrics.get('weights') or 'unknown'}" + (", TTA" if metrics.get("tta") else ""),
         "",
         "| metric | value |",
         "|---|---|",

@@ -99,6 +99,7 @@ def _publish_from(folder: Path, out_dir: Path, study_name: str, number: int, key
         "epochs": len(history),
         "best_epoch": best.get("epoch"),
         "pretrained": best.get("pretrained"),
+        "weights": best.get("weights"),
         "source_mtime_ns": mtime,
     }
     atomic_write_json(out_dir / BEST_PARAMS, summary)

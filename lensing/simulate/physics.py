@@ -54,7 +54,9 @@ def point_mass_theta_e(mass: np.ndarray | float, preset: Preset) -> np.ndarray:
 
 def image_model(preset: Preset, lens_models: tuple[str, ...]):
     """The cached lenstronomy ImageModel of ``preset`` for the lens profiles ``lens_models``."""
-    key = (preset, lens_models)
+    # What the models depend on: the family (its light models), grid, PSF and lens profiles.
+    # Not the rest of the preset, so presets drawn per image (the pretraining corpus) share them.
+    key = (type(preset), preset.image_size, preset.pixel_scale, preset.psf_fwhm, lens_models)
     if key not in _IMAGE_MODELS:
         from lenstronomy.Data.pixel_grid import PixelGrid
         from lenstronomy.Data.psf import PSF

@@ -37,6 +37,9 @@ from lensing.simulate.presets import (
 )
 
 IMAGE_SHAPE = (1, IMAGE_SIZE, IMAGE_SIZE)
+# Base seeds from this one on belong to the pretraining corpus (lensing.simulate.corpus) and
+# are refused here: no set a run, a test or a benchmark writes can share an image with it.
+CORPUS_SEED_BASE = 1_000_000
 
 
 def simulate_image(
@@ -243,6 +246,12 @@ def simulate_dataset(
     counts = _check_counts(dict(counts))
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise ValueError(f"seed is {seed!r}; expected a non-negative integer")
+    if seed >= CORPUS_SEED_BASE:
+        raise ValueError(
+            f"seed is {seed}; seeds from {CORPUS_SEED_BASE:,} on are reserved for the "
+            "pretraining corpus, so that no data set shares an image with it; expected a "
+            "smaller seed"
+        )
     workers = (os.cpu_count() or 1) if workers is None else workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers is {workers!r}; expected a positive integer")

@@ -6,7 +6,8 @@ A training run writes into its folder:
   epoch (finished epochs), history (one dict per epoch), best_val_auc, config, and every RNG
   state, so a resumed run continues exactly where the last finished epoch left it;
 - ``best_model.pth``: the weights with the best validation macro AUC, with the learning rates
-  (``params``), classes, val AUC, epoch, history and whether ImageNet weights were used;
+  (``params``), classes, val AUC, epoch, history, whether pretrained weights were used
+  (``pretrained``) and which (``weights``: "imagenet", "lensing:<hash>", "none", a path);
 - in both, ``training_profile``: the distribution of a few per-image statistics of the train
   split (:func:`lensing.evaluation.ood.training_profile`), against which ``predict`` and
   ``evaluate`` flag inputs that do not look like the training images; computed once per run,
@@ -184,13 +185,21 @@ class Checkpointer:
     """
 
     def __init__(
-        self, out_dir: str | Path, config: Any, pretrained: bool, train: Any = None
+        self,
+        out_dir: str | Path,
+        config: Any,
+        pretrained: bool,
+        train: Any = None,
+        *,
+        weights: str | None = None,
     ) -> None:
         self.out_dir = Path(out_dir)
         self.rolling_path = self.out_dir / CHECKPOINT
         self.best_path = self.out_dir / BEST_MODEL
         self.config = config
         self.pretrained = pretrained
+        # The weights the run started from ("imagenet", "lensing:<hash>", "none", a path).
+        self.weights = weights if weights is not None else ("none" if not pretrained else None)
         self.writes = distributed.current().is_main
         self.train = train
         self._profile: dict[str, Any] | None = None
@@ -225,6 +234,7 @@ class Checkpointer:
             "epoch": epoch,
             "history": history,
             "pretrained": self.pretrained,
+            "weights": self.weights,
             **self.profile(),
         }
         atomic_torch_save(record, self.best_path)
@@ -256,6 +266,7 @@ class Checkpointer:
             "config": dataclasses.asdict(self.config),
             "rng": rng_states[0],
             "pretrained": self.pretrained,
+            "weights": self.weights,
             "classes": list(CLASSES),
             "precision": precision,
             "world_size": world_size,

@@ -40,7 +40,9 @@ class TrainConfig:
     lr_late: float = 1e-3  # Adam lr of layer3, layer4
     lr_fc: float = 1e-3  # Adam lr of the final fully connected layer
     weight_decay: float = 0.0  # Adam L2 penalty, same for every group
-    pretrained: str = "imagenet"  # "imagenet" (random init if unavailable), "none" or a PATH
+    # "imagenet" (the package's "lensing" weights where ImageNet's cannot be had), "lensing",
+    # "none" (random init) or a PATH to a weights file.
+    pretrained: str = "imagenet"
     precision: str = "auto"  # "auto" (bf16 where native, fp16 on old GPUs), "fp32", "bf16"
     # "flip-affine": the seed notebook's flip, rotation <= 10 deg, shift <= 5 %, zoom 0.95-1.05;
     # "d4": the 8 exact flips and 90-degree turns; "none". "seed" is an old name of flip-affine.

@@ -1,14 +1,12 @@
 """Fine-tuning ResNet18 with one learning rate per layer group, resumable epoch by epoch.
 
-``fit(config)`` trains as a ``TrainConfig`` says and writes the files
-``lensing.training.checkpoint``
-describes into ``config.out_dir``. It reads as: set up (device, data, model, optimizer,
-schedule) -> resume (from the rolling checkpoint) -> loop (train, validate, save, log).
+``fit(config)`` trains as a ``TrainConfig`` says and writes the files ``lensing.training.
+checkpoint`` describes into ``config.out_dir``. It reads as: set up (device, data, model,
+optimizer, schedule) -> resume (from the rolling checkpoint) -> loop (train, validate, save).
 
 Data-parallel training: ``torchrun --nproc_per_node=N -m lensing train ...`` runs the same
 code in N processes (``lensing.training.distributed``; NCCL and ``cuda:LOCAL_RANK`` on GPUs,
-gloo on
-the CPU). Without torchrun nothing changes. Under it:
+gloo on the CPU). Without torchrun nothing changes. Under it:
 
 - ``--batch-size`` is per process: a step's global batch is ``batch_size * world_size``. The
   learning rates are not rescaled; scale them yourself if you change the global batch.
@@ -89,6 +87,7 @@ class _Training:
     batches: TrainBatches
     generators: dict[str, torch.Generator]
     pretrained: bool
+    weights: str  # the weights it started from: "imagenet", "lensing:<hash>", "none", a path
     history: list[dict[str, Any]] = field(default_factory=list)
     best_val_auc: float | None = None
     start_epoch: int = 0
@@ -96,11 +95,8 @@ class _Training:
     @property
     def per_step(self) -> Any:
         """The scheduler when it is stepped after every batch (one-cycle), else None."""
-        return (
-            self.scheduler
-            if isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR)
-            else None
-        )
+        one_cycle = isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR)
+        return self.scheduler if one_cycle else None
 
 
 def fit(
@@ -126,7 +122,8 @@ def fit(
     -------
     {"history": list of per-epoch dicts, "best_val_auc": float or None, "epochs_trained": epochs
     run by this call, "start_epoch": epochs already done before it, "checkpoint": path,
-    "best_checkpoint": path, "pretrained": bool}, the same on every rank.
+    "best_checkpoint": path, "pretrained": bool, "weights": its starting weights}, alike on
+    every rank.
     """
     if not isinstance(config, TrainConfig):
         raise ValueError(f"config must be a TrainConfig; got {type(config).__name__}")
@@ -145,7 +142,9 @@ def fit(
     )
     datasets = _check_datasets(datasets, config, progress)
     run = _set_up(config, datasets, state, device)
-    saver = Checkpointer(config.out_dir, config, run.pretrained, datasets["train"])
+    saver = Checkpointer(
+        config.out_dir, config, run.pretrained, datasets["train"], weights=run.weights
+    )
     saver.save_config()
     _log_start(config, datasets, run, device, precision)
     epochs_trained = 0
@@ -179,6 +178,7 @@ def fit(
         "checkpoint": str(saver.rolling_path),
         "best_checkpoint": str(saver.best_path),
         "pretrained": run.pretrained,
+        "weights": run.weights,
     }
 
 
@@ -220,7 +220,7 @@ def _set_up(
         "data": torch.Generator().manual_seed(config.seed),
         "augment": torch.Generator().manual_seed(augment_seed(config.seed, world.rank)),
     }
-    model, pretrained = _initial_model(config, state)
+    model, weights = _initial_model(config, state)
     model = prepare_model(model, device, config.channels_last, compile_model=config.compile)
     optimizer = make_optimizer(model, config.learning_rates(), config.weight_decay)
     batches = TrainBatches(
@@ -236,29 +236,33 @@ def _set_up(
         ),
         batches=batches,
         generators=generators,
-        pretrained=pretrained,
+        pretrained=weights != "none",
+        weights=weights,
     )
     if state is not None:
         _resume(run, state, config)
     return run
 
 
-def _initial_model(config: TrainConfig, state: dict[str, Any] | None) -> tuple[nn.Module, bool]:
-    """The model to start from: the checkpoint's weights, or fresh (pretrained) ones."""
+def _initial_model(config: TrainConfig, state: dict[str, Any] | None) -> tuple[nn.Module, str]:
+    """The model to start from (the checkpoint's weights, or fresh pretrained ones) and the
+    name of the weights it started from ("none": random)."""
     if state is not None:
         # Resumed weights come from the checkpoint, so the ImageNet ones need not be fetched.
         model = build_model("none", num_classes=len(CLASSES))
         _load_part(model, state["model"], config)
-        return model, bool(state.get("pretrained", False))
+        # Checkpoints from before the weights were recorded hold the flag only.
+        flag = config.pretrained if state.get("pretrained") else "none"
+        return model, str(state.get("weights") or flag)
     # Only rank 0 fetches or reads pretrained weights; DDP copies them to the other ranks.
     built: dict[str, nn.Module] = {}
 
-    def build() -> bool:
+    def build() -> str:
         built["model"] = build_model(config.pretrained, num_classes=len(CLASSES))
-        return built["model"].is_pretrained
+        return built["model"].weights
 
-    pretrained = distributed.on_main_then_shared(build)
-    return built.get("model") or build_model("none", num_classes=len(CLASSES)), pretrained
+    weights = distributed.on_main_then_shared(build)
+    return built.get("model") or build_model("none", num_classes=len(CLASSES)), weights
 
 
 def _load_part(target: Any, saved: dict[str, Any], config: TrainConfig) -> None:
@@ -371,15 +375,12 @@ def _log_start(
     precision: str,
 ) -> None:
     world = distributed.current()
-    scale = (
-        f", {world.world_size} processes x batch {config.batch_size} = global batch "
-        f"{config.batch_size * world.world_size}"
-        if world.distributed
-        else ""
-    )
+    global_batch = config.batch_size * world.world_size
+    scale = f", {world.world_size} processes x batch {config.batch_size} = global batch "
+    scale = scale + str(global_batch) if world.distributed else ""
     _log(
         f"training on {device} ({precision}){scale}, {len(datasets['train'])} train / "
-        f"{len(datasets['val'])} val images, pretrained={run.pretrained}, epochs "
+        f"{len(datasets['val'])} val images, weights {run.weights}, epochs "
         f"{run.start_epoch + 1}..{config.epochs}"
     )
 

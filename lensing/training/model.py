@@ -16,6 +16,7 @@ from torchvision.models import ResNet18_Weights, resnet18
 from lensing.constants import CLASSES, LAYER_GROUPS
 from lensing.runtime import plain_state_dict, unwrap
 from lensing.training import distributed
+from lensing.training.lensing_weights import load_lensing_weights, weights_label
 
 # Top-level ResNet18 modules of each layer group; each group gets its own learning rate.
 GROUP_MODULES = {
@@ -36,21 +37,23 @@ def build_model(pretrained: str | Path = "imagenet", num_classes: int = len(CLAS
 
     Parameters
     ----------
-    pretrained : "imagenet", "none" or a path to a weights file.
+    pretrained : "imagenet", "lensing", "none" or a path to a weights file.
         "imagenet": torchvision's ``ResNet18_Weights.IMAGENET1K_V1`` (from the torch hub cache,
-        else downloaded). When they cannot be had (no network) the model keeps its random
-        initialization and a warning on stderr says so, once per process. "none": random
+        else downloaded). When they cannot be had (no network) the package's lensing weights
+        are used instead, and a message on stderr says so, once per process. "lensing": the
+        package's own weights, pretrained on simulated lenses only
+        (:mod:`lensing.training.lensing_weights`; their hash is checked). "none": random
         initialization. A path: a torchvision resnet18 state_dict (3-channel conv1, converted
         like the ImageNet weights), or a checkpoint written by ``lensing.training.fit``
-        (its ``model``
-        entry). In every case the final layer is new unless the file's fc already has
-        ``num_classes`` outputs.
+        (its ``model`` entry). In every case the final layer is new unless the weights' fc
+        already has ``num_classes`` outputs.
     num_classes : int, number of output logits.
 
     Returns
     -------
-    nn.Module with attribute ``is_pretrained: bool``, True only when weights were really loaded,
-    so results can be labelled honestly.
+    nn.Module with attributes ``is_pretrained: bool``, True only when weights were really
+    loaded, and ``weights: str``, the weights it started from ("imagenet", "lensing:<hash>",
+    "none" or the path), so results can be labelled honestly.
 
     Why the one-channel kernels are the sum over RGB: ImageNet weights see three channels. A
     grey image replicated into R, G and B gives ``sum_c w_c * x = (sum_c w_c) * x``, so the
@@ -67,23 +70,23 @@ def build_model(pretrained: str | Path = "imagenet", num_classes: int = len(CLAS
     nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
 
     source = str(pretrained)
+    model.is_pretrained, model.weights = True, source
+    state = _imagenet_state_dict() if source == "imagenet" else None
     if source == "none":
         model.is_pretrained = False
-    elif source == "imagenet":
-        state = _imagenet_state_dict()
-        if state is None:
-            model.is_pretrained = False
-        else:
-            _load_weights(model, state, "torchvision ImageNet weights")
-            model.is_pretrained = True
+    elif source == "imagenet" and state is not None:
+        _load_weights(model, state, "torchvision ImageNet weights")
+    elif source in ("imagenet", "lensing"):
+        _load_weights(model, load_lensing_weights(), "the package's lensing weights")
+        model.weights = weights_label()
     else:
         path = Path(source)
         if not path.is_file():
             raise ValueError(
-                f"pretrained={source!r} is neither 'imagenet', 'none' nor an existing file"
+                f"pretrained={source!r} is neither 'imagenet', 'lensing', 'none' nor an "
+                "existing file"
             )
         _load_weights(model, _read_weights_file(path), str(path))
-        model.is_pretrained = True
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     return model
@@ -131,14 +134,16 @@ def _imagenet_state_dict() -> dict[str, torch.Tensor] | None:
 
 
 def _report_missing_weights(reason: str, cached: Path) -> None:
-    """Say once, in plain words, that training starts from random weights, and how to fix it."""
+    """Say once, in plain words, that training starts from the lensing weights instead, and
+    how to have ImageNet's."""
     global _imagenet_failure
     _imagenet_failure = reason
     print(
-        f"WARNING: no ImageNet weights for ResNet18 ({reason}), so models start from RANDOM "
-        "weights and results are labelled pretrained=False. To fix: run once with network "
-        f"access, or copy {cached.name} into {cached.parent}, or pass --pretrained PATH "
-        "(pretrained = PATH in the notebook).",
+        f"NOTE: no ImageNet weights for ResNet18 ({reason}), so models start from the "
+        f"package's LENSING weights ({weights_label()}, pretrained on simulated lenses only) "
+        "instead; results name them. For ImageNet weights: run once with network access, "
+        f"or copy {cached.name} into {cached.parent}. --pretrained none starts from random "
+        "weights.",
         file=sys.stderr,
         flush=True,
     )

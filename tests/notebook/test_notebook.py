@@ -20,6 +20,7 @@ import torch
 from lensing.cli.run import run_notebook
 from lensing.constants import CLASSES
 from lensing.simulate import simulate_dataset
+from lensing.training.lensing_weights import weights_label
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +33,7 @@ FIGURE_CELLS = {
     "evaluate.evaluate_checkpoint(": 2,  # ROC curves and confusion matrix
 }
 WEIGHTS_MESSAGE = (
-    "no ImageNet weights"  # how lensing.training.model says it fell back to random weights
+    "no ImageNet weights"  # how lensing.training.model says it fell back to the lensing weights
 )
 TINY_PARAMETERS = {
     "grid": {"early": [1e-4], "middle": [1e-4], "late": [1e-4, 1e-3], "fc": [1e-3]},
@@ -146,7 +147,9 @@ def test_notebook_runs_end_to_end(searched):
     assert html.split("<tbody>")[1].count("<tr>") == len(CLASSES)  # one row per image given
 
     metrics = searched["metrics"]
-    assert metrics["data"] == "simulated" and metrics["pretrained"] is False
+    assert metrics["data"] == "simulated" and metrics["pretrained"] is True
+    assert metrics["weights"] == weights_label()  # the fallback, named in the results
+    assert f"started from weights {weights_label()}" in all_text(first)
     assert 0 <= metrics["auc_macro"] <= 1 and set(metrics["auc_per_class"]) == set(CLASSES)
     assert all(0 <= a <= 1 for a in metrics["auc_per_class"].values())
     low, high = metrics["auc_macro_ci95"]

@@ -10,6 +10,7 @@ from torch import nn
 
 import lensing.training.model
 from lensing.constants import LAYER_GROUPS
+from lensing.training.lensing_weights import load_lensing_weights, weights_label
 from lensing.training.model import (
     GROUP_MODULES,
     build_model,
@@ -26,7 +27,7 @@ def model() -> nn.Module:
 def test_one_channel_in_three_logits_out_every_parameter_trainable(model):
     assert model.conv1.in_channels == 1
     assert model.fc.out_features == 3
-    assert model.is_pretrained is False
+    assert model.is_pretrained is False and model.weights == "none"
     assert all(p.requires_grad for p in model.parameters())
     model.eval()
     with torch.no_grad():
@@ -94,7 +95,7 @@ def test_our_own_checkpoint_loads_every_weight_including_fc(tmp_path):
 
 
 def test_a_bad_weights_file_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="neither 'imagenet', 'none' nor an existing file"):
+    with pytest.raises(ValueError, match="neither 'imagenet', 'lensing', 'none' nor an existing"):
         build_model(tmp_path / "missing.pth")
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a torch file")
@@ -118,7 +119,7 @@ def hub_cache(tmp_path, monkeypatch):
     return tmp_path / "hub" / "checkpoints"
 
 
-def test_imagenet_without_network_says_so_once_and_claims_no_download(
+def test_imagenet_without_network_falls_back_to_the_lensing_weights_and_says_so_once(
     hub_cache, monkeypatch, capsys
 ):
     attempts = []
@@ -130,11 +131,15 @@ def test_imagenet_without_network_says_so_once_and_claims_no_download(
     # The package downloads through this name; the test never touches the network.
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     first, second = build_model("imagenet"), build_model("imagenet")
-    assert first.is_pretrained is False and second.is_pretrained is False
+    assert first.is_pretrained is True and second.is_pretrained is True
+    assert first.weights == second.weights == weights_label()
+    shipped = load_lensing_weights()
+    assert torch.equal(first.conv1.weight.detach(), shipped["conv1.weight"])
+    assert torch.equal(second.fc.bias.detach(), shipped["fc.bias"])
     out, err = capsys.readouterr()
     assert err.count("no ImageNet weights") == 1, err
-    assert "RANDOM" in err and "pretrained=False" in err
-    assert "--pretrained PATH" in err and f"resnet18-f37072fd.pth into {hub_cache}" in err
+    assert "LENSING weights" in err and weights_label() in err
+    assert f"resnet18-f37072fd.pth into {hub_cache}" in err
     assert "no network (test)" in err
     assert "Downloading" not in out + err
     assert len(attempts) == 1  # the second model does not wait for the network again
@@ -150,8 +155,18 @@ def test_imagenet_weights_come_from_the_hub_cache_without_network(hub_cache, mon
     hub_cache.mkdir(parents=True)
     torch.save(rgb, hub_cache / "resnet18-f37072fd.pth")
     model = build_model("imagenet")
-    assert model.is_pretrained is True
+    assert model.is_pretrained is True and model.weights == "imagenet"
     expected = rgb["conv1.weight"].sum(dim=1, keepdim=True)
     assert_allclose(model.conv1.weight.detach(), expected, atol=1e-6)
     out, err = capsys.readouterr()
     assert "WARNING" not in err and "Download" not in out + err
+
+
+def test_the_lensing_weights_load_into_every_layer_fc_included():
+    model = build_model("lensing")
+    assert model.is_pretrained is True and model.weights == weights_label()
+    shipped = load_lensing_weights()
+    got = model.state_dict()
+    assert set(shipped) == set(got)
+    for name, tensor in shipped.items():
+        assert torch.equal(got[name], tensor), name
