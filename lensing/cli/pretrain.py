@@ -18,7 +18,7 @@ FAMILIES = ("legacy", "model-a", "test-i")
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``python -m lensing pretrain``."""
-    from lensing.training.pretrain import PretrainConfig
+    from lensing.training.pretrain_config import PretrainConfig
 
     default = PretrainConfig.__dataclass_fields__
     parser = argparse.ArgumentParser(
@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Pretrain with the parsed options; returns the exit code."""
-    from lensing.training.pretrain import PretrainConfig, pretrain
+    from lensing.training.pretrain import pretrain
+    from lensing.training.pretrain_config import PretrainConfig
 
     options = {
         "out_dir": args.out,

@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import math
 import multiprocessing
-import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +39,7 @@ from lensing.runtime import cpu_state_dict, pick_device, resolve_precision
 from lensing.simulate import corpus
 from lensing.training.model import build_model, prepare_model
 from lensing.training.optim import make_optimizer, make_scheduler
+from lensing.training.pretrain_config import PretrainConfig
 from lensing.training.rng import capture_rng, seed_everything, set_rng
 from lensing.training.steps import train_one_epoch
 
@@ -53,55 +51,6 @@ CHUNKS_DIR = "chunks"
 # simulating per worker process (measured on this project's 2-core CPUs and an H200).
 TRAIN_RATE = {"cpu-bf16": 80.0, "cpu-fp32": 35.0, "cuda": 19000.0}
 SIMULATE_RATE_PER_WORKER = 70.0
-
-
-@dataclass
-class PretrainConfig:
-    """One pretraining run; saved in its checkpoint and summary."""
-
-    out_dir: str = "models/pretrain"  # checkpoint, chunks, weights and summary go here
-    images: int = 120_000  # new corpus images in all (rounded up to whole chunks)
-    chunk_per_class: int = 1000  # new images per class in one chunk
-    replay: int = 2  # chunks trained on together: each image is seen this many times
-    batch_size: int = 64  # images per optimizer step
-    lr: float = 1e-3  # Adam peak learning rate of every layer group
-    weight_decay: float = 0.0  # Adam L2 penalty
-    warmup: float = 0.1  # one-cycle: share of the steps spent raising the rate
-    hold_out: tuple[str, ...] = ()  # corpus families left out (the transfer benchmark)
-    seed: int = 0  # corpus seed (offset into the reserved range) and training seed
-    device: str = "auto"  # "auto", "cpu", "cuda", ...
-    precision: str = "auto"  # as in TrainConfig
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # simulating processes
-    probe_per_class: int = 100  # probe images per class and family (test-i, model-a)
-    probe_every: int = 5  # chunks between two probe scores
-
-    def __post_init__(self) -> None:
-        self.hold_out = tuple(sorted(self.hold_out))
-        corpus.families(self.hold_out)  # checks the names
-        for name in ("images", "chunk_per_class", "replay", "batch_size", "workers"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"PretrainConfig.{name} = {value!r}; expected an integer >= 1")
-        if not 0 < self.lr < 1 or not 0 < self.warmup < 1:
-            raise ValueError(f"lr {self.lr!r} and warmup {self.warmup!r}: expected both in (0, 1)")
-
-    @property
-    def chunk_images(self) -> int:
-        return self.chunk_per_class * len(CLASSES)
-
-    @property
-    def chunks(self) -> int:
-        return math.ceil(self.images / self.chunk_images)
-
-    def chunk_steps(self, chunk: int) -> int:
-        """Optimizer steps of chunk ``chunk`` (it and up to replay - 1 chunks before it)."""
-        return math.ceil(self.chunk_images * min(chunk + 1, self.replay) / self.batch_size)
-
-    def total_steps(self) -> int:
-        return sum(self.chunk_steps(c) for c in range(self.chunks))
-
-    def images_seen(self) -> int:
-        return sum(self.chunk_images * min(c + 1, self.replay) for c in range(self.chunks))
 
 
 def plan_line(config: PretrainConfig, device: torch.device, precision: str) -> str:

@@ -12,7 +12,8 @@ import lensing.training.pretrain as pretrain_module
 from lensing.cli import main
 from lensing.training.lensing_weights import sha256_of
 from lensing.training.model import build_model
-from lensing.training.pretrain import PretrainConfig, pretrain
+from lensing.training.pretrain import pretrain
+from lensing.training.pretrain_config import PretrainConfig
 
 pytestmark = pytest.mark.slow
 
