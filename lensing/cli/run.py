@@ -33,13 +33,13 @@ from lensing.search.grid import DEFAULT_GRID, grid_size
 from lensing.training.recipes import recipe_rates
 
 # Profiles. "quick" is sized for a 2-core laptop CPU: one combination, so that its few minutes
-# go to a model that learns something (README, Results, for the time it takes with and
+# go to a model that learns something (the README's Results, for the time it takes with and
 # without native bf16). "full" is a longer search on a larger set.
 PROFILES = {
     "quick": {
         # A few minutes on a 2-core CPU: the whole pipeline end to end. On the recalibrated
         # `test-i` stand-in a ResNet18 from random weights does not learn the substructure at
-        # this budget (the README's Results and "How hard the stand-in is"); a model worth
+        # this budget (the README's Results; docs/simulated-data.md); a model worth
         # using needs the full profile, ImageNet weights or a GPU.
         "simulate": {"train": 400, "val": 100, "test": 150},  # images per class
         # On the real set the same budget: a stratified subset of each split, so the quick
@@ -63,7 +63,7 @@ PROFILES = {
 
 # Training images/s of the package's own loop (ResNet18, 150 px, from random weights), as
 # measured by ``python -m benchmarks --only speed`` (2 cores, batch 32) and ``python -m
-# benchmarks.gpu`` (batch 512); the README's Performance and GPU sections. Inference (validation,
+# benchmarks.gpu`` (batch 512); docs/benchmarks.md, Performance and GPU. Inference (validation,
 # test) runs about 3 times faster than training; D4 averaging costs 8 forward passes an image.
 MEASURED_RATES = {
     "cpu-bf16": ("a 2-core CPU with native bf16 (AVX512-BF16)", 56.8),

@@ -24,8 +24,8 @@ LOW_RECALL = 0.2  # a class found less often than this is one the model does not
 ADVICE = (
     "more training (a larger set or more epochs: `python -m lensing run --profile full`), "
     "pretrained weights (`--pretrained lensing` or `imagenet`; random weights stall for tens "
-    'of thousands of images), or a GPU; the README\'s "How hard the stand-in is" gives the '
-    "budgets at which a ResNet18 learns the simulated set"
+    "of thousands of images), or a GPU; docs/simulated-data.md (How hard the stand-in is) "
+    "gives the budgets at which a ResNet18 learns the simulated set"
 )
 
 

@@ -117,8 +117,8 @@ class TestIPreset(Instrument):
     1 x that scale, and a vortex carries vortex_mass_ratio times one subhalo population's
     total mass.
 
-    The defaults were set by measurement against the real set's difficulty (the README's
-    "How hard the stand-in is"): the pixel-statistics baseline of ``benchmarks.separability``
+    The defaults were set by measurement against the real set's difficulty
+    (docs/simulated-data.md, "How hard the stand-in is"): the pixel-statistics baseline of ``benchmarks.separability``
     at about 0.60 test macro AUC (2,000 / 250 / 500 images per class), since on the real set
     the classes have the same global statistics, and ``sphere`` the hardest class for a CNN,
     as on the real set. The earlier default (2e10 M_sun for every image, vortex ratio 1) gave

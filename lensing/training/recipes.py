@@ -4,7 +4,7 @@
 these; any option given explicitly overrides the recipe's value. Both go through
 :func:`merge_options`, so the command line and the notebook build the same run.
 
-- ``"default"``: the package's defaults, chosen by measurement (the README's Performance
+- ``"default"``: the package's defaults, chosen by measurement (docs/benchmarks.md, Performance
   section): the 8 exact flips and quarter turns (``d4``), a one-cycle schedule, every layer
   group at 1e-3, no input stretch.
 - ``"seed-notebook"``: the recipe the project started from: the seed notebook's random flip,

@@ -254,7 +254,7 @@ def server_restart(subproc, pg, data_dir: Path, module_tmp) -> dict:
 
 
 def test_server_restart_costs_a_reconnect_not_the_search(pg, server_restart: dict) -> None:
-    """The README's claim: the worker waits for the server, reconnects and trains on."""
+    """docs/scale-out.md's claim: the worker waits for the server, reconnects and trains on."""
     code, text = server_restart["worker"]
     assert server_restart["alive_while_down"], text
     assert code == 0, text
