@@ -118,13 +118,14 @@ class TestIPreset(Instrument):
     total mass.
 
     The defaults were set by measurement against the real set's difficulty
-    (docs/simulated-data.md, "How hard the stand-in is"): the pixel-statistics baseline of ``benchmarks.separability``
-    at about 0.60 test macro AUC (2,000 / 250 / 500 images per class), since on the real set
-    the classes have the same global statistics, and ``sphere`` the hardest class for a CNN,
-    as on the real set. The earlier default (2e10 M_sun for every image, vortex ratio 1) gave
-    a baseline of 0.71, a CNN AUC of 0.999 at 2,000 images per class and 6 epochs, and
-    ``vort`` as the hardest class. Baselines at 2,000 per class: 5e9 fixed 0.577, 8e9 fixed
-    0.635 (both with vortex ratio 2), 3.5e9 +- 0.5 dex 0.577, 5e9 +- 0.5 dex 0.603.
+    (docs/simulated-data.md, "How hard the stand-in is"): the pixel-statistics baseline of
+    ``benchmarks.separability`` at about 0.60 test macro AUC (2,000 / 250 / 500 images per
+    class), since on the real set the classes have the same global statistics, and ``sphere``
+    the hardest class for a CNN, as on the real set. The earlier default (2e10 M_sun for every
+    image, vortex ratio 1) gave a baseline of 0.71, a CNN AUC of 0.999 at 2,000 images per
+    class and 6 epochs, and ``vort`` as the hardest class. Baselines at 2,000 per class: 5e9
+    fixed 0.577, 8e9 fixed 0.635 (both with vortex ratio 2), 3.5e9 +- 0.5 dex 0.577, 5e9 +- 0.5
+    dex 0.603.
     """
 
     psf_fwhm: float = 0.25  # arcsec, Gaussian PSF (sets, with the source, the ring's width)
