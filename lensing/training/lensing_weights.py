@@ -21,7 +21,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 WEIGHTS_FILE = WEIGHTS_DIR / "lensing_resnet18.pth"
 MODEL_CARD = WEIGHTS_DIR / "MODEL_CARD.md"
 # SHA-256 of WEIGHTS_FILE as shipped (its model card gives the same).
-WEIGHTS_SHA256 = ""
+WEIGHTS_SHA256 = "7b4e7324208defbc170ecd51cb8e84a6c5dd3199cc24db04e13a2efe7e93552e"
 
 
 def sha256_of(path: str | Path) -> str:
