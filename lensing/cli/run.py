@@ -37,10 +37,10 @@ from lensing.training.recipes import recipe_rates
 # without native bf16). "full" is a longer search on a larger set.
 PROFILES = {
     "quick": {
-        # A few minutes on a 2-core CPU: the whole pipeline end to end. On the recalibrated
-        # `test-i` stand-in a ResNet18 from random weights does not learn the substructure at
-        # this budget (the README's Results; docs/simulated-data.md); a model worth
-        # using needs the full profile, ImageNet weights or a GPU.
+        # A few minutes on a 2-core CPU: the whole pipeline end to end, fine-tuning the
+        # pretrained weights (ImageNet's, else the package's lensing weights). From random
+        # weights a ResNet18 does not learn the recalibrated `test-i` stand-in at this budget
+        # (docs/simulated-data.md); from the lensing weights it does (the README's Results).
         "simulate": {"train": 400, "val": 100, "test": 150},  # images per class
         # On the real set the same budget: a stratified subset of each split, so the quick
         # profile takes the same few minutes (all 27,000 training images would take an hour).

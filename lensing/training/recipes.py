@@ -4,9 +4,12 @@
 these; any option given explicitly overrides the recipe's value. Both go through
 :func:`merge_options`, so the command line and the notebook build the same run.
 
-- ``"default"``: the package's defaults, chosen by measurement (docs/benchmarks.md, Performance
-  section): the 8 exact flips and quarter turns (``d4``), a one-cycle schedule, every layer
-  group at 1e-3, no input stretch.
+- ``"default"``: the package's defaults, chosen by measurement: the 8 exact flips and quarter
+  turns (``d4``), a one-cycle schedule, no input stretch (docs/benchmarks.md, Performance), and
+  per-group rates for fine-tuning pretrained weights, 1e-5 / 1e-4 / 3e-4 / 1e-3 for early /
+  middle / late / fc (docs/pretraining.md, Transfer).
+- ``"from-scratch"``: the default with every group at 1e-3, the rate measured best from random
+  weights (``--pretrained none``; docs/simulated-data.md).
 - ``"seed-notebook"``: the recipe the project started from: the seed notebook's random flip,
   small rotation, shift and zoom (``flip-affine``), ReduceLROnPlateau on the validation AUC,
   no input stretch, and its per-group learning rates.
@@ -22,6 +25,7 @@ from lensing.training.config import TrainConfig
 
 RECIPES: dict[str, dict[str, Any]] = {
     "default": {},
+    "from-scratch": {"lr_early": 1e-3, "lr_middle": 1e-3, "lr_late": 1e-3, "lr_fc": 1e-3},
     "seed-notebook": {
         "augment": "flip-affine",
         "schedule": "plateau",

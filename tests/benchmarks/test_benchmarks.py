@@ -267,21 +267,28 @@ def test_difficulty_trains_every_preset_beside_its_baseline(tmp_path, capsys):
     import json
 
     from benchmarks.difficulty import main as difficulty
+    from lensing.training.lensing_weights import weights_label
 
     out = tmp_path / "difficulty.json"
     argv = ["--tiny", "--presets", "test-i", "model-a:subhalo_mass=1e9/1e10"]
-    argv += ["--recipes", "default", "default, batch 32", "--epochs", "2"]
+    argv += ["--recipes", "default", "from-scratch, batch 32", "--epochs", "2"]
+    argv += ["--pretrained", "none", "lensing"]
     assert difficulty([*argv, "--work", str(tmp_path / "sets"), "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     results = report["results"]
-    assert [(r["preset"], r["recipe"]) for r in results] == [
-        ("test-i", "default"),
-        ("test-i", "default, batch 32"),
-        ("model-a", "default"),
-        ("model-a", "default, batch 32"),
+    assert [(r["preset"], r["pretrained"], r["recipe"]) for r in results] == [
+        (preset, weights, recipe)
+        for preset in ("test-i", "model-a")
+        for weights in ("none", "lensing")
+        for recipe in ("default", "from-scratch, batch 32")
     ]
-    assert results[2]["overrides"] == {"subhalo_mass": [1e9, 1e10]}
+    assert results[4]["overrides"] == {"subhalo_mass": [1e9, 1e10]}
     for result in results:
+        # The transfer benchmark: each run names its weights; pretrained ones are also
+        # scored before any fine-tuning.
+        lensing = result["pretrained"] == "lensing"
+        assert result["runs"][0]["weights"] == (weights_label() if lensing else "none")
+        assert (result["zero_shot_auc"] is not None) == lensing
         assert result["per_class"] == {"train": 6, "val": 3, "test": 3}
         assert [run["seed"] for run in result["runs"]] == [0]
         assert 0 <= result["summary"]["auc_macro_mean"] <= 1
