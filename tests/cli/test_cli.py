@@ -18,6 +18,7 @@ from lensing.training.config import TrainConfig
 REPO = Path(__file__).resolve().parents[2]
 EVERY_COMMAND = {
     "train",
+    "pretrain",
     "evaluate",
     "search",
     "run",
