@@ -116,8 +116,7 @@ def fit(
         epoch's checkpoint is safely written; it may raise (e.g. optuna.TrialPruned) to stop
         training, and the exception propagates. In a data-parallel job it is called on rank 0
         only; if it raises, the other ranks stop after the same epoch and return normally.
-    progress: progress bars. The log lines (one per epoch) are printed on rank 0 always.
-
+    progress: progress bars (the per-epoch log lines print on rank 0 always).
     Returns
     -------
     {"history": list of per-epoch dicts, "best_val_auc": float or None, "epochs_trained": epochs
