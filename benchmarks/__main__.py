@@ -42,8 +42,8 @@ from benchmarks.common import (
     first_per_class,
     machine,
 )
-from lensing.atomic import atomic_write_json
-from lensing.constants import DATA_DIR, REPORTS_DIR
+from lensing.core.atomic import atomic_write_json
+from lensing.core.constants import DATA_DIR, REPORTS_DIR
 
 BENCHMARKS = ("speed", "recipes", "quality", "search", "simulate", "load")  # in running order
 NEEDS_SPLITS = {"speed", "recipes", "quality", "search"}  # those that train on the simulated set

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lensing.constants import CLASSES, DATA_DIR, MANIFEST
+from lensing.core.constants import CLASSES, DATA_DIR, MANIFEST
 
 BENCH_SIM_DIR = DATA_DIR / "bench_sim"  # cached simulated set of the quick benchmarks
 BENCH_SIM_FULL_DIR = DATA_DIR / "bench_sim_full"  # the same for --full
@@ -46,7 +46,7 @@ def cpu_model() -> str:
 
 def machine() -> dict[str, Any]:
     """Where and with what the figures were measured."""
-    from lensing.runtime import cpu_has_native_bf16, resolve_precision
+    from lensing.core.runtime import cpu_has_native_bf16, resolve_precision
 
     return {
         "cpu": cpu_model(),

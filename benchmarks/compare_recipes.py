@@ -21,8 +21,8 @@ import numpy as np
 
 from benchmarks.common import log, machine, markdown_table
 from benchmarks.scoring import rate_fields, train_and_score
-from lensing.atomic import atomic_write_json
-from lensing.constants import CLASSES, REPORTS_DIR
+from lensing.core.atomic import atomic_write_json
+from lensing.core.constants import CLASSES, REPORTS_DIR
 from lensing.data.dataset import load_splits
 from lensing.training.recipes import recipe_fields
 

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import log, main_only, markdown_table
-from lensing.atomic import atomic_save_npy
-from lensing.constants import CLASSES, DATA_DIR
+from lensing.core.atomic import atomic_save_npy
+from lensing.core.constants import CLASSES, DATA_DIR
 
 BYTES_PER_FILE = 180_128  # a float64 (1, 150, 150) .npy: 128-byte header + 22,500 x 8
 DISK_MARGIN = 2.0  # free space wanted: files + float32 cache, times this margin

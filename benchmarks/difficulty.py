@@ -31,10 +31,10 @@ import numpy as np
 from benchmarks.common import log, machine, markdown_table
 from benchmarks.scoring import train_and_score
 from benchmarks.separability import measure_separability
-from lensing.atomic import atomic_write_json
-from lensing.constants import CLASSES, LAYER_GROUPS
+from lensing.core.atomic import atomic_write_json
+from lensing.core.constants import CLASSES, LAYER_GROUPS
+from lensing.core.metrics import class_recalls
 from lensing.data.dataset import load_splits
-from lensing.evaluation.metrics import class_recalls
 from lensing.simulate import get_preset, simulate_dataset
 from lensing.training.recipes import recipe_fields
 
@@ -64,9 +64,9 @@ def zero_shot(weights: str, test: Any, device: str) -> float | None:
     """Test macro AUC of the starting weights before any fine-tuning (None for random ones)."""
     if weights == "none":
         return None
-    from lensing.evaluation.inference import predict_split
-    from lensing.evaluation.metrics import compute_metrics
-    from lensing.training.model import build_model
+    from lensing.core.metrics import compute_metrics
+    from lensing.model.inference import predict_split
+    from lensing.model.network import build_model
 
     probs, labels = predict_split(build_model(weights), test, device=device, precision="auto")
     return float(compute_metrics(labels, probs, CLASSES, n_bootstrap=0)["auc_macro"])

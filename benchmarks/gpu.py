@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lensing.atomic import atomic_write_json
-from lensing.constants import CLASSES, IMAGE_SIZE, REPORTS_DIR
+from lensing.core.atomic import atomic_write_json
+from lensing.core.constants import CLASSES, IMAGE_SIZE, REPORTS_DIR
 
 # The aims of the GPU run: one H200, the real set's size (27,000 training images after the
 # 10% test split), 30 epochs.
@@ -79,11 +79,11 @@ def train_rate(device: Any, batch: int, compile_model: bool, profile: dict) -> d
     import torch
     from torch import nn
 
+    from lensing.core.rng import seed_everything
     from lensing.data.batches import TrainBatches
-    from lensing.training.model import build_model, prepare_model
+    from lensing.model.network import build_model, prepare_model
     from lensing.training.optim import make_optimizer
     from lensing.training.recipes import recipe_rates
-    from lensing.training.rng import seed_everything
     from lensing.training.steps import train_one_epoch
 
     seed_everything(0)
@@ -121,9 +121,9 @@ def train_rate(device: Any, batch: int, compile_model: bool, profile: dict) -> d
 def infer_rate(device: Any, batch: int, tta: bool, profile: dict) -> dict:
     """Images/s of ``predict_split`` (softmax probabilities), with or without D4 averaging."""
 
-    from lensing.evaluation.inference import predict_split
-    from lensing.training.model import build_model, prepare_model
-    from lensing.training.rng import seed_everything
+    from lensing.core.rng import seed_everything
+    from lensing.model.inference import predict_split
+    from lensing.model.network import build_model, prepare_model
 
     seed_everything(0)
     model = prepare_model(build_model("none"), device)
@@ -151,7 +151,7 @@ def full_run(device: Any, data: Path, out: Path, profile: dict) -> dict:
 
     from lensing.data.dataset import LensingDataset
     from lensing.evaluation.evaluate import evaluate_checkpoint
-    from lensing.training.checkpoint import BEST_MODEL
+    from lensing.model.checkpoint import BEST_MODEL
     from lensing.training.config import TrainConfig
     from lensing.training.fit import fit
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lensing.constants import CLASSES, IMAGE_SIZE
+from lensing.core.constants import CLASSES, IMAGE_SIZE
 
 REPO = Path(__file__).resolve().parents[1]
 VAL_SHARE = 4  # the real set has a quarter as many val images as train images

@@ -17,7 +17,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.common import markdown_table
 from benchmarks.speed import CPU, one_batch_epoch, our_model
-from lensing.runtime import resolve_precision
+from lensing.core.runtime import resolve_precision
 
 # Operator kinds, matched in order against the profiler's aten operator names.
 KINDS = (

@@ -2,7 +2,7 @@
 
 Every side trains a randomly initialized ResNet18 for the same number of epochs on the same
 simulated images, keeps the epoch with the best validation macro AUC, and is scored on the same
-test images with ``lensing.evaluation.metrics.compute_metrics`` (macro and per-class
+test images with ``lensing.core.metrics.compute_metrics`` (macro and per-class
 one-vs-rest AUC, 95 % stratified bootstrap interval of the macro AUC).
 
 - ``seed``: :mod:`benchmarks.seed_pipeline` (224 x 224 RGB copies, torchvision's random flip,
@@ -31,9 +31,9 @@ import torch
 from benchmarks.common import log, main_only, markdown_table
 from benchmarks.scoring import SCORES, rate_fields, train_and_score
 from benchmarks.seed_pipeline import BATCH_SIZE, seed_fit, seed_loader, seed_predict
-from lensing.constants import CLASSES, DATA_DIR, SCHEDULES
-from lensing.evaluation.metrics import compute_metrics
-from lensing.runtime import resolve_precision
+from lensing.core.constants import CLASSES, DATA_DIR, SCHEDULES
+from lensing.core.metrics import compute_metrics
+from lensing.core.runtime import resolve_precision
 
 # The improved side's peak learning rate of every layer group is the default recipe's (1e-3
 # everywhere, as the seed's single rate; from random weights there is no pretrained early layer

@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
-from lensing.constants import CLASSES, LAYER_GROUPS
-from lensing.evaluation.inference import load_trained_model, predict_split
-from lensing.evaluation.metrics import compute_metrics
-from lensing.runtime import resolve_precision
-from lensing.training.checkpoint import BEST_MODEL, CHECKPOINT
+from lensing.core.constants import CLASSES, LAYER_GROUPS
+from lensing.core.metrics import compute_metrics
+from lensing.core.runtime import resolve_precision
+from lensing.model.checkpoint import BEST_MODEL, CHECKPOINT
+from lensing.model.inference import load_trained_model, predict_split
 from lensing.training.config import TrainConfig
 from lensing.training.fit import fit
 from lensing.training.recipes import recipe_rates

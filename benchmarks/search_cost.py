@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import log, main_only, markdown_table
-from lensing.constants import DATA_DIR, LAYER_GROUPS
+from lensing.core.constants import DATA_DIR, LAYER_GROUPS
 from lensing.search import run_search
 
 # Four combinations that differ where it matters most at a small budget: the deep layers and

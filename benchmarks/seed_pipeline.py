@@ -29,9 +29,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 from torchvision.models import resnet18
 
-from lensing.constants import CLASSES
-from lensing.evaluation.metrics import compute_metrics
-from lensing.training.rng import seed_everything
+from lensing.core.constants import CLASSES
+from lensing.core.metrics import compute_metrics
+from lensing.core.rng import seed_everything
 
 INPUT_SIZE = 224  # pixels per side: the ImageNet input size the notebook resizes to
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import markdown_table
-from lensing.constants import CLASSES, IMAGE_SIZE
+from lensing.core.constants import CLASSES, IMAGE_SIZE
 from lensing.data.dataset import find_split_files
 from lensing.data.readers.image import ImageError, read_image
 
@@ -62,7 +62,7 @@ def pixel_statistics(images: np.ndarray) -> np.ndarray:
 
 def _auc(labels: np.ndarray, probs: np.ndarray) -> dict:
     """Macro and per-class one-vs-rest AUC, as the package scores its models."""
-    from lensing.evaluation.metrics import compute_metrics
+    from lensing.core.metrics import compute_metrics
 
     metrics = compute_metrics(labels, probs, CLASSES, n_bootstrap=0)
     return {"auc_macro": metrics["auc_macro"], "auc_per_class": metrics["auc_per_class"]}
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{report['data']}: {report['n_train']} training images\n")
     print(separability_table(report))
     if args.json is not None:
-        from lensing.atomic import atomic_write_json
+        from lensing.core.atomic import atomic_write_json
 
         atomic_write_json(args.json, report)
     return 0

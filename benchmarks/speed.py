@@ -36,12 +36,12 @@ from benchmarks.seed_pipeline import (
     seed_optimizer,
     seed_train_steps,
 )
+from lensing.core.rng import seed_everything
+from lensing.core.runtime import resolve_precision
 from lensing.data.batches import TrainBatches
-from lensing.runtime import resolve_precision
+from lensing.model.network import build_model, prepare_model
 from lensing.training.fit import TrainConfig
-from lensing.training.model import build_model, prepare_model
 from lensing.training.optim import make_optimizer
-from lensing.training.rng import seed_everything
 from lensing.training.steps import train_one_epoch
 
 CPU = torch.device("cpu")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lensing.constants import CLASSES, IMAGE_SIZE
+from lensing.core.constants import CLASSES, IMAGE_SIZE
 
 
 def _write_set(

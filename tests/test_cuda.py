@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from lensing.core.runtime import resolve_precision
 from lensing.data.batches import TrainBatches
 from lensing.data.dataset import LensingDataset
 from lensing.evaluation.evaluate import evaluate_checkpoint
-from lensing.evaluation.inference import load_trained_model, predict_split
-from lensing.runtime import resolve_precision
-from lensing.training.checkpoint import BEST_MODEL, CHECKPOINT, load_checkpoint
+from lensing.model.checkpoint import BEST_MODEL, CHECKPOINT, load_checkpoint
+from lensing.model.inference import load_trained_model, predict_split
 from lensing.training.config import TrainConfig
 from lensing.training.fit import fit
 

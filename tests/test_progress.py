@@ -13,10 +13,10 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from lensing.progress import NO_BARS_ENV, bars_wanted, headless_kernel
+from lensing.core.progress import NO_BARS_ENV, bars_wanted, headless_kernel
 
 CELL = """
-from lensing.progress import bar, say
+from lensing.core.progress import bar, say
 for _ in bar(range(3), desc="loading"):
     pass
 say("epoch 1/1 done")

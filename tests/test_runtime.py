@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from lensing.runtime import (
+from lensing.core.runtime import (
     autocast,
     cpu_has_native_bf16,
     cpu_state_dict,

@@ -76,7 +76,7 @@ def run_handled(handler: Callable[[argparse.Namespace], int], args: argparse.Nam
 def _exit_code(error: Exception) -> int | None:
     # CheckpointError is looked up, not imported: its module pulls in torch, which simulate and
     # --help do without, and none can have been raised before it was loaded.
-    checkpoint = sys.modules.get("lensing.training.checkpoint")
+    checkpoint = sys.modules.get("lensing.model.checkpoint")
     if checkpoint is not None and isinstance(error, checkpoint.CheckpointError):
         return EXIT_FAILED
     if isinstance(error, ValueError | FileNotFoundError):

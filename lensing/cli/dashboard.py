@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from lensing.cli.options import EXIT_OK, EXIT_USAGE
-from lensing.constants import MODELS_DIR
+from lensing.core.constants import MODELS_DIR
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lensing.cli.options import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
-from lensing.constants import DATA_DIR
+from lensing.core.constants import DATA_DIR
 from lensing.data import archive
 from lensing.data.download import (
     DEFAULT_URL,

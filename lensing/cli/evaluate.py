@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from lensing.cli.options import EXIT_OK
-from lensing.constants import MODELS_DIR, PRECISIONS, REPORTS_DIR, SPLITS
+from lensing.core.constants import MODELS_DIR, PRECISIONS, REPORTS_DIR, SPLITS
 
 
 def build_parser() -> argparse.ArgumentParser:

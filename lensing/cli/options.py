@@ -20,11 +20,13 @@ import os
 import sys
 from typing import Any, NamedTuple
 
-from lensing.constants import (
+from lensing.cli.choice import default_data_dir
+from lensing.core.constants import (
     AUGMENTATION_ALIASES,
     AUGMENTATIONS,
     LAYER_GROUPS,
     PRECISIONS,
+    REAL_DATA_DIR,
     SCHEDULES,
     STRETCHES,
 )
@@ -132,6 +134,8 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     )
     for option in TRAINING_OPTIONS:
         shown = str(config_default(option.field)).replace("%", "%%")
+        if option.field == "data_dir":
+            shown = f"{REAL_DATA_DIR} once downloaded, else {shown}"
         parser.add_argument(option.flag, help=f"{option.help} ({shown})", **option.kind)
     parser.add_argument(
         "--no-progress",
@@ -145,6 +149,8 @@ def training_fields(args: argparse.Namespace, *, with_rates: bool = True) -> dic
     (``lensing.training.recipes.merge_options``); ``with_rates=False`` leaves out the
     learning rates, which a search's grid sets."""
     options = {field: getattr(args, flag) for flag, field in TRAINING_FLAGS.items()}
+    if options.get("data_dir") is None:
+        options["data_dir"] = str(default_data_dir())
     options |= {f"lr_{g}": getattr(args, f"lr_{g}", None) for g in LAYER_GROUPS}
     return merge_options(args.recipe, options, with_rates=with_rates)
 

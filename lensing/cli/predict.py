@@ -6,7 +6,7 @@ predictions.csv] [--tta] [--batch-size N] [--device D] [--precision P] [--hdu N|
 
 The work and the CSV's columns: :mod:`lensing.evaluation.classify`. It prints how many inputs
 lie outside the training data (their ``notes`` say on which statistic, ``in_distribution`` is
-False; :mod:`lensing.evaluation.ood`), then a summary of the predictions. Inputs outside the
+False; :mod:`lensing.data.ood`), then a summary of the predictions. Inputs outside the
 training data are classified all the same: the flag is a warning, not a refusal.
 
 Exit codes (``lensing.cli.options``): 0 every input got its row (refused files included);
@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from lensing.cli.options import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from lensing.constants import MODELS_DIR, PRECISIONS
+from lensing.core.constants import MODELS_DIR, PRECISIONS
 
 DEFAULT_CHECKPOINT = MODELS_DIR / "best_model.pth"
 DEFAULT_OUT = "predictions.csv"
@@ -71,14 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Classify with the parsed options and write the CSV; returns the exit code (module
     docstring)."""
+    from lensing.core.runtime import pick_device, resolve_precision
     from lensing.evaluation.classify import (
         classify_files,
         distribution_line,
         summary_line,
         write_predictions,
     )
-    from lensing.runtime import pick_device, resolve_precision
-    from lensing.training.checkpoint import CheckpointError
+    from lensing.model.checkpoint import CheckpointError
 
     try:
         device = pick_device(args.device)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from lensing.cli.options import EXIT_OK
-from lensing.constants import PRECISIONS
+from lensing.core.constants import PRECISIONS
 
 FAMILIES = ("legacy", "model-a", "test-i")
 

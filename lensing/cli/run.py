@@ -18,17 +18,17 @@ import sys
 import time
 from pathlib import Path
 
-from lensing import constants
+from lensing.cli.choice import choose_data
 from lensing.cli.options import EXIT_OK
-from lensing.constants import (
+from lensing.core import constants
+from lensing.core.constants import (
     CLASSES,
     MODELS_DIR,
     NOTEBOOK,
     REPORTS_DIR,
     SPLITS,
 )
-from lensing.data.choice import choose_data
-from lensing.progress import NO_BARS_ENV
+from lensing.core.progress import NO_BARS_ENV
 from lensing.search.grid import DEFAULT_GRID, grid_size
 from lensing.training.recipes import recipe_rates
 
@@ -76,7 +76,7 @@ def machine_kind() -> str:
     """Which of ``MEASURED_RATES`` this machine is closest to."""
     import torch
 
-    from lensing.runtime import cpu_has_native_bf16
+    from lensing.core.runtime import cpu_has_native_bf16
 
     if torch.cuda.is_available():
         return "gpu"

@@ -22,7 +22,7 @@ from lensing.cli.options import (
     fail,
     training_fields,
 )
-from lensing.constants import MODELS_DIR, PRUNE_MODES
+from lensing.core.constants import MODELS_DIR, PRUNE_MODES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,9 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Search with the parsed options; ``args.argv`` (the options as typed) makes the hint a
     Ctrl-C prints. Returns the exit code (module docstring)."""
+    from lensing.core import distributed
     from lensing.search.ranks import follow, share_config
     from lensing.search.storage import redact
-    from lensing.training import distributed
 
     # The grid sets the learning rates; a recipe's own rates do not apply to a search.
     fields = training_fields(args, with_rates=False)

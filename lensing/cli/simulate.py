@@ -12,9 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from lensing import constants
 from lensing.cli.options import EXIT_OK, EXIT_USAGE
-from lensing.constants import MANIFEST
+from lensing.core import constants
+from lensing.core.constants import MANIFEST
 from lensing.simulate.presets import DEFAULT_PRESET, PRESETS, get_preset
 
 

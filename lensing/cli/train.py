@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from lensing.cli.options import EXIT_OK, add_training_options, config_default, training_fields
-from lensing.constants import LAYER_GROUPS
+from lensing.core.constants import LAYER_GROUPS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Train with the parsed options; returns the exit code."""
-    from lensing.training import distributed
+    from lensing.core import distributed
     from lensing.training.config import TrainConfig
     from lensing.training.fit import fit
 

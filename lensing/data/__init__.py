@@ -3,7 +3,8 @@
 - :mod:`~lensing.data.readers`: one image file (``.npy`` of any layout, FITS) to an array;
 - :mod:`~lensing.data.dataset`: ``LensingDataset`` (discovery, cache, balance, the test
   split, provenance) and ``load_splits``;
-- :mod:`~lensing.data.choice`: which data folder a run uses;
+- :mod:`~lensing.data.ood`: the training images' profile, stored in checkpoints, and the
+  check that flags inputs that do not look like them;
 - :mod:`~lensing.data.batches`: in-memory and DataLoader batches;
 - :mod:`~lensing.data.augment`: batched augmentation and the D4 symmetries;
 - :mod:`~lensing.data.stretch`: the input stretch applied before the network;
@@ -11,15 +12,13 @@
   its safe extraction.
 """
 
-from lensing import lazy_exports
+from lensing.core.lazy import lazy_exports
 
 _EXPORTS = {
     "LensingDataset": "dataset",
     "load_splits": "dataset",
     "provenance": "dataset",
     "DataWarning": "dataset",
-    "choose_data": "choice",
-    "default_data_dir": "choice",
     "read_image": "readers",
     "find_images": "readers",
     "ImageError": "readers",

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from lensing.constants import CLASSES, REAL_DATA_DIR
+from lensing.core.constants import CLASSES, REAL_DATA_DIR
 
 DATASET_NAME = REAL_DATA_DIR.name  # the folder the real set is unpacked into, beside the zip
 REQUIRED_SPLITS = ("train", "val")
@@ -128,8 +128,8 @@ def validate_layout(root: str | Path) -> dict[str, dict[str, int]]:
     Parameters
     ----------
     root: folder that should hold ``train/`` and ``val/`` (and optionally ``test/``), each with
-        one folder per class in lensing.constants.CLASSES holding ``*.npy`` files. Other files at
-        the top (a provenance marker, a README) are allowed and ignored.
+        one folder per class in lensing.core.constants.CLASSES holding ``*.npy`` files. Other
+        files at the top (a provenance marker, a README) are allowed and ignored.
 
     Returns {split: {class: number of .npy files}} for the splits present. Raises LayoutError
     naming the first missing or empty folder. File contents are not read:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lensing.constants import AUGMENTATIONS, canonical_augmentation
+from lensing.core.constants import AUGMENTATIONS, canonical_augmentation
 
 # The seed recipe's random transforms: flip, rotation, shift and zoom bounds.
 MAX_ROTATION_DEG = 10.0  # rotation uniform in [-10, 10] degrees

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from lensing.training import distributed
+from lensing.core import distributed
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # images (B, 1, H, W), labels (B,)
 

@@ -10,7 +10,7 @@ load the same split share them. The mapping is copy-on-write (``mmap_mode="c"``)
 write to the tensor changes this process's copy of that page only, never the file.
 
 Building writes the images straight into a preallocated, memory-mapped ``.npy`` on a temporary
-path (:class:`lensing.atomic.AtomicNpyMemmap`), renamed into place once complete; the index is
+path (:class:`lensing.core.atomic.AtomicNpyMemmap`), renamed into place once complete; the index is
 written after it. A cache is used only when both are there and agree, so a crash at any point
 leaves no cache that looks valid. Cache files are replaced by renaming, never rewritten in
 place, so a process that has one mapped is never pulled out from under.
@@ -25,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from lensing.atomic import (
+from lensing.core.atomic import (
     STALE_TMP_S,
     AtomicNpyMemmap,
     atomic_write_json,
     remove_stale_temporaries,
 )
-from lensing.constants import IMAGE_SIZE
+from lensing.core.constants import IMAGE_SIZE
 
 CACHE_DIR = ".cache"
 # Bump when the cache's content changes, so old caches are ignored. 2: images min-max

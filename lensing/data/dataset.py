@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lensing.constants import CLASSES, MANIFEST, SPLITS
+from lensing.core.constants import CLASSES, MANIFEST, SPLITS
+from lensing.core.progress import bar
 from lensing.data.cache import (
     CACHE_DIR,
     CACHE_VERSION,
@@ -55,7 +56,6 @@ from lensing.data.splits import (
     split_off_test_set,
     stratified_subset,
 )
-from lensing.progress import bar
 
 __all__ = [
     "CACHE_DIR",

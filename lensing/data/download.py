@@ -22,8 +22,8 @@ from functools import partial
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from lensing.atomic import atomic_write_json
-from lensing.constants import DATA_DIR, MANIFEST
+from lensing.core.atomic import atomic_write_json
+from lensing.core.constants import DATA_DIR, MANIFEST
 from lensing.data import archive
 from lensing.data.archive import DATASET_NAME, DownloadDataError
 

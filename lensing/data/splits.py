@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lensing.atomic import atomic_write_json
-from lensing.constants import CLASSES
+from lensing.core.atomic import atomic_write_json
+from lensing.core.constants import CLASSES
 from lensing.data.readers.checks import stat_problem
 from lensing.data.readers.image import has_accepted_suffix, natural_key
 

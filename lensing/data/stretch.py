@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from lensing.constants import STRETCHES
+from lensing.core.constants import STRETCHES
 
 STRETCH_SCALE = 100.0  # a: how strongly faint values are lifted (x = 0.01 -> 0.15 under log)
 

@@ -11,7 +11,7 @@ recursively (:func:`lensing.data.readers.image.find_images`). Every file gets a 
 ``error`` (why the file could not be classified; empty when it was), ``notes`` (what was
 done to its pixels: filled, resampled; and each statistic on which the image lies outside the
 training images, e.g. "zero-pixel share 0.44 (training <= 0.0013)", see
-:mod:`lensing.evaluation.ood`) and ``in_distribution`` (True when no statistic is outside,
+:mod:`lensing.data.ood`) and ``in_distribution`` (True when no statistic is outside,
 False when one is; empty for a refused file and when the checkpoint holds no training profile,
 whose rows say so in ``notes``). Nothing is refused for lying outside: it is a warning that
 travels with the prediction. A file that cannot be classified never stops the run. Images are
@@ -32,8 +32,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lensing.atomic import atomic_write_bytes
-from lensing.constants import CLASSES, IMAGE_SIZE
+from lensing.core.atomic import atomic_write_bytes
+from lensing.core.constants import CLASSES, IMAGE_SIZE
+from lensing.core.progress import bar
+from lensing.core.runtime import pick_device, resolve_precision
+from lensing.data import ood
 from lensing.data.readers.image import (
     NOTE_FILLED,
     NOTE_RESAMPLED,
@@ -42,11 +45,8 @@ from lensing.data.readers.image import (
     read_image,
 )
 from lensing.data.stretch import stretch_of
-from lensing.evaluation import ood
 from lensing.evaluation.calibration import apply_temperature, logits_from_probs
-from lensing.evaluation.inference import batch_probabilities, load_trained_model
-from lensing.progress import bar
-from lensing.runtime import pick_device, resolve_precision
+from lensing.model.inference import batch_probabilities, load_trained_model
 
 PROB_COLUMNS = tuple(f"p_{name}" for name in CLASSES)
 CALIBRATED_COLUMNS = tuple(f"pc_{name}" for name in CLASSES)
@@ -151,7 +151,7 @@ def summary_line(frame: pd.DataFrame) -> str:
 
 def distribution_line(frame: pd.DataFrame) -> str:
     """One line: how many of the classified files lie outside the training data, and on which
-    statistics (``lensing.evaluation.ood.summary_line``), or that the checkpoint cannot say."""
+    statistics (``lensing.data.ood.summary_line``), or that the checkpoint cannot say."""
     read = frame[frame["error"] == ""]
     return ood.summary_line(ood.summarize(notes.split("; ") for notes in read["notes"]))
 

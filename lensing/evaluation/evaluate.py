@@ -5,7 +5,7 @@
 matrix, training history, the reliability diagram before and after temperature scaling, the
 most confident mistakes and (unless --no-explain) class-activation maps; it prints a markdown
 table of the numbers. ``metrics.json`` also says how many images of the split lie outside the
-training data (``out_of_distribution``, :mod:`lensing.evaluation.ood`).
+training data (``out_of_distribution``, :mod:`lensing.data.ood`).
 """
 
 from __future__ import annotations
@@ -16,18 +16,18 @@ from typing import Any
 
 import torch
 
-from lensing.atomic import atomic_torch_save, atomic_write_json
-from lensing.constants import CLASSES, REPORTS_DIR
+from lensing.core.atomic import atomic_torch_save, atomic_write_json
+from lensing.core.constants import CLASSES, REPORTS_DIR
+from lensing.core.metrics import compute_metrics
+from lensing.core.runtime import pick_device, resolve_precision
+from lensing.data import ood
 from lensing.data.dataset import LensingDataset, provenance
 from lensing.data.stretch import stretch_of
-from lensing.evaluation import ood
 from lensing.evaluation.calibration import fit_temperature, logits_from_probs
 from lensing.evaluation.figures.explain import write_explanations
 from lensing.evaluation.figures.plots import plot_confusion, plot_history, plot_roc
-from lensing.evaluation.inference import load_trained_model, predict_split
-from lensing.evaluation.metrics import compute_metrics
 from lensing.evaluation.verdict import verdict
-from lensing.runtime import pick_device, resolve_precision
+from lensing.model.inference import load_trained_model, predict_split
 
 METRICS_JSON = "metrics.json"
 CALIBRATION_KEYS = ("ece", "ece_calibrated", "temperature")
@@ -55,7 +55,7 @@ def evaluate_checkpoint(
     split: "train", "val" or "test".
     out_dir: where ``metrics.json`` and ``figures/`` go.
     tta: average predictions over the 8 rotations and flips.
-    batch_size, device, precision: see ``lensing.evaluation.inference.predict``.
+    batch_size, device, precision: see ``lensing.model.inference.predict``.
     n_bootstrap: resamples for the macro AUC's 95% interval.
     explain: also draw the class-activation maps (``figures/saliency.png``).
     per_class: images per class of each split to use ({"test": 150, "val": 100}: a stratified
@@ -150,7 +150,7 @@ def out_of_distribution(state: dict[str, Any], dataset: Any) -> dict[str, Any]:
     """How many images of ``dataset`` lie outside the training data the checkpoint's profile
     describes: {"flagged": int, or None when the checkpoint holds no profile, "n": images,
     "rate": flagged / n or None, "statistics": {statistic label: images flagged on it},
-    "summary": one line (``lensing.evaluation.ood.summary_line``)}."""
+    "summary": one line (``lensing.data.ood.summary_line``)}."""
     summary = ood.summarize(ood.check_inputs(ood.profile_of(state), dataset))
     flagged, n = summary["flagged"], summary["n"]
     rate = None if flagged is None or n == 0 else flagged / n

@@ -3,7 +3,7 @@
 A pipeline that runs end to end can still leave a model at chance: on a small budget a ResNet18
 from random weights may put nearly every image in one class. The metrics say so, but a
 newcomer reading a table of AUCs may not see it; :func:`verdict` says it in words. Two checks,
-each on the metrics of :func:`lensing.evaluation.metrics.compute_metrics`:
+each on the metrics of :func:`lensing.core.metrics.compute_metrics`:
 
 - chance: the macro AUC's 95% bootstrap interval reaches down to 0.5 (without an interval, the
   macro AUC itself is below ``CHANCE_MARGIN`` above 0.5);
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lensing.evaluation.metrics import class_recalls
+from lensing.core.metrics import class_recalls
 
 CHANCE_AUC = 0.5
 CHANCE_MARGIN = 0.05  # without an interval: a macro AUC below 0.55 counts as chance

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from lensing.constants import MODELS_DIR
+from lensing.core.constants import MODELS_DIR
 from lensing.search.storage import SEARCH_DB, default_storage, open_storage, redact
 
 DEFAULT_HOST = "127.0.0.1"  # only this machine; say --host 0.0.0.0 to serve a network

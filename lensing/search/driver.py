@@ -16,8 +16,9 @@ import optuna
 import pandas as pd
 from optuna.exceptions import ExperimentalWarning
 
-from lensing.constants import LAYER_GROUPS, MODELS_DIR, PRUNE_MODES
-from lensing.progress import say
+from lensing.core.constants import LAYER_GROUPS, MODELS_DIR, PRUNE_MODES
+from lensing.core.progress import say
+from lensing.model.checkpoint import BEST_MODEL
 from lensing.search.grid import grid_size, resolve_grid
 from lensing.search.publish import publish_best
 from lensing.search.queueing import open_study
@@ -30,7 +31,6 @@ from lensing.search.storage import (
 )
 from lensing.search.study import DEFAULT_STUDY, FINISHED, combos_by_state, study_table
 from lensing.search.worker import Objective, Worker
-from lensing.training.checkpoint import BEST_MODEL
 from lensing.training.fit import TrainConfig
 
 DEFAULT_EPOCHS = 10  # epochs per combination

@@ -1,10 +1,10 @@
 """The grid of a search: its file format, its checks, and one combination of it (:class:`Combo`).
 
 A grid file is a JSON object with one list of learning rates per layer group, e.g.
-``{"early": [1e-5, 1e-4], "middle": [1e-4], "late": [1e-4, 1e-3], "fc": [1e-3]}``. The groups are
-those of :data:`lensing.constants.LAYER_GROUPS`: early (conv1, bn1, layer1), middle (layer2), late
-(layer3, layer4) and fc (the new 3-class head); each needs at least one rate. The search trains
-every combination: one rate per group, the product of the lists.
+``{"early": [1e-5, 1e-4], "middle": [1e-4], "late": [1e-4, 1e-3], "fc": [1e-3]}``. The groups
+are those of :data:`lensing.core.constants.LAYER_GROUPS`: early (conv1, bn1, layer1), middle
+(layer2), late (layer3, layer4) and fc (the new 3-class head); each needs at least one rate. The
+search trains every combination: one rate per group, the product of the lists.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from lensing.constants import LAYER_GROUPS
+from lensing.core.constants import LAYER_GROUPS
 
 DEFAULT_GRID: dict[str, list[float]] = {
     "early": [1e-5, 1e-4],  # conv1, bn1, layer1: pretrained features, moved gently

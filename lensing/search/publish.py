@@ -15,11 +15,11 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from lensing.atomic import atomic_torch_save, atomic_write_json
-from lensing.constants import CLASSES, MODELS_DIR
+from lensing.core.atomic import atomic_torch_save, atomic_write_json
+from lensing.core.constants import CLASSES, MODELS_DIR
+from lensing.model.checkpoint import BEST_MODEL, BEST_PARAMS, CHECKPOINT, load_checkpoint
 from lensing.search.grid import Combo
 from lensing.search.study import is_duplicate
-from lensing.training.checkpoint import BEST_MODEL, BEST_PARAMS, CHECKPOINT, load_checkpoint
 from lensing.training.fit import TrainConfig, fit
 
 

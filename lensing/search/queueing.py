@@ -24,7 +24,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from lensing.constants import PRUNE_MODES, canonical_augmentation
+from lensing.core.constants import PRUNE_MODES, canonical_augmentation
 from lensing.search.grid import Combo, grid_combos, search_space, validate_grid
 from lensing.search.recovery import requeue
 from lensing.search.study import is_duplicate, trial_combo

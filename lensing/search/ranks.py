@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lensing.core import distributed
 from lensing.data.dataset import load_splits
-from lensing.training import distributed
-from lensing.training.checkpoint import CheckpointError
+from lensing.model.checkpoint import CheckpointError
 from lensing.training.fit import TrainConfig, fit
 
 

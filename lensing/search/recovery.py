@@ -24,10 +24,10 @@ import optuna
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.trial import TrialState
 
+from lensing.model.checkpoint import BEST_MODEL, CHECKPOINT
 from lensing.search.grid import Combo
 from lensing.search.storage import retry_callback
 from lensing.search.study import combo_state, group_trials, own_attr
-from lensing.training.checkpoint import BEST_MODEL, CHECKPOINT
 
 HOST = socket.gethostname()
 

@@ -30,7 +30,7 @@ import sqlalchemy
 from optuna.exceptions import ExperimentalWarning, StorageInternalError
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-from lensing.constants import MODELS_DIR
+from lensing.core.constants import MODELS_DIR
 
 SEARCH_DB = "grid_search.db"  # the default storage's file in the models folder
 HEARTBEAT_INTERVAL_S = 10  # seconds between a running trial's heartbeats

@@ -15,7 +15,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from lensing.constants import LAYER_GROUPS, MODELS_DIR
+from lensing.core.constants import LAYER_GROUPS, MODELS_DIR
 from lensing.search.grid import Combo, grid_combos
 from lensing.search.storage import SEARCH_DB, default_storage, load_study
 

@@ -24,15 +24,15 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from lensing.constants import CLASSES, LAYER_GROUPS
+from lensing.core.constants import CLASSES, LAYER_GROUPS
 from lensing.data.dataset import load_splits
+from lensing.model.checkpoint import CheckpointError
 from lensing.search.grid import Combo, grid_combos, grid_size
 from lensing.search.publish import publish_best, trials_dir
 from lensing.search.queueing import holder
 from lensing.search.ranks import share_config
 from lensing.search.recovery import HOST, fail_dead_trials, quarantine, requeue
 from lensing.search.study import combos_by_state, trial_combo
-from lensing.training.checkpoint import CheckpointError
 from lensing.training.fit import TrainConfig, fit
 
 

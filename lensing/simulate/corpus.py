@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from lensing.constants import CLASSES
+from lensing.core.constants import CLASSES
 from lensing.simulate.presets import PRESETS, Preset, get_preset
 from lensing.simulate.writer import CORPUS_SEED_BASE, image_seed, simulate_image
 

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from lensing.constants import CLASSES
+from lensing.core.constants import CLASSES
 from lensing.simulate.model_a import draw_model_a
 from lensing.simulate.physics import point_mass_theta_e
 from lensing.simulate.presets import (

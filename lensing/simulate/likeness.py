@@ -26,7 +26,7 @@ Statistics (images are (150, 150), values in [0, 1]):
   fraction of images whose values times k all lie within 1e-6 of an integer.
 
 The per-image statistics (``corner_pixels``, ``corner_levels``, ``centre_levels``,
-``ring_radii``) are vectorised over a stack of images; :mod:`lensing.evaluation.ood` uses them
+``ring_radii``) are vectorised over a stack of images; :mod:`lensing.data.ood` uses them
 to describe a training set and check inputs against it.
 """
 
@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lensing.constants import CLASSES, IMAGE_SIZE
+from lensing.core.constants import CLASSES, IMAGE_SIZE
 
 CORNER = 15  # px, side of each corner square
 CENTRE_RADIUS = 3.0  # px

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from lensing.constants import IMAGE_SIZE
+from lensing.core.constants import IMAGE_SIZE
 
 Range = tuple[float, float]
 

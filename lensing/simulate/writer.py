@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lensing import constants
-from lensing.atomic import atomic_save_npy, atomic_write_json
-from lensing.constants import CLASSES, IMAGE_SIZE, MANIFEST, SPLITS
+from lensing.core import constants
+from lensing.core.atomic import atomic_save_npy, atomic_write_json
+from lensing.core.constants import CLASSES, IMAGE_SIZE, MANIFEST, SPLITS
 from lensing.simulate.draw import draw_parameters
 from lensing.simulate.physics import normalize, render
 from lensing.simulate.presets import (

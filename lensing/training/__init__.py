@@ -1,30 +1,31 @@
-"""Training: the model, its optimizer and schedules, the steps, ``fit``, checkpoints.
+"""Training: the optimizer and schedules, the steps, ``fit``, the recipes, pretraining.
 
-- :mod:`~lensing.training.model`: ResNet18 with a one-channel input and its layer groups;
 - :mod:`~lensing.training.optim`: Adam with one group per layer group, the schedules;
 - :mod:`~lensing.training.steps`: ``train_one_epoch`` and ``validate``;
 - :mod:`~lensing.training.fit`: ``fit`` (set up, resume, loop, save);
-- :mod:`~lensing.training.checkpoint`: file names, loading, RNG states, ``Checkpointer``;
 - :mod:`~lensing.training.config`: ``TrainConfig``;
 - :mod:`~lensing.training.recipes`: the named recipes and ``merge_options``;
-- :mod:`~lensing.training.distributed`: torchrun (process group, shards, collectives).
+- :mod:`~lensing.training.pretrain`: making the lensing weights (``pretrain_config``).
+
+Re-exported from :mod:`lensing.model`: ``build_model``, ``prepare_model``, ``layer_groups``,
+``load_checkpoint``, ``CheckpointError``.
 """
 
-from lensing import lazy_exports
+from lensing.core.lazy import lazy_exports
 
 _EXPORTS = {
     "TrainConfig": "config",
     "fit": "fit",
     "load_datasets": "fit",
-    "build_model": "model",
-    "prepare_model": "model",
-    "layer_groups": "model",
+    "build_model": "lensing.model.network",
+    "prepare_model": "lensing.model.network",
+    "layer_groups": "lensing.model.network",
     "make_optimizer": "optim",
     "make_scheduler": "optim",
     "train_one_epoch": "steps",
     "validate": "steps",
-    "CheckpointError": "checkpoint",
-    "load_checkpoint": "checkpoint",
+    "CheckpointError": "lensing.model.checkpoint",
+    "load_checkpoint": "lensing.model.checkpoint",
     "RECIPES": "recipes",
     "recipe_fields": "recipes",
     "merge_options": "recipes",

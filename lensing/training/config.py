@@ -9,28 +9,28 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from lensing.constants import (
+from lensing.core.constants import (
     AUGMENTATIONS,
     LAYER_GROUPS,
     MODELS_DIR,
     PRECISIONS,
     SCHEDULES,
+    SIMULATED_DATA_DIR,
     STRETCHES,
     canonical_augmentation,
 )
-from lensing.data.choice import default_data_dir
 
 
 @dataclass
 class TrainConfig:
     """Everything one training run depends on; saved as ``config.json`` and in checkpoints."""
 
-    data_dir: str = field(
-        default_factory=lambda: str(default_data_dir())
-    )  # train/ val/ [test/] folders
+    # train/ val/ [test/] folders. The commands and the notebook pass the real set's folder
+    # when it has been downloaded (lensing.cli.choice); the default is the simulated one.
+    data_dir: str = str(SIMULATED_DATA_DIR)
     out_dir: str = str(MODELS_DIR)  # where checkpoint.pth, best_model.pth, config.json go
     epochs: int = 10  # total number of epochs (a resumed run trains up to this number)
     batch_size: int = 64  # images per optimizer step and process (x world size under torchrun)

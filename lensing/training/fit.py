@@ -5,7 +5,7 @@ checkpoint`` describes into ``config.out_dir``. It reads as: set up (device, dat
 optimizer, schedule) -> resume (from the rolling checkpoint) -> loop (train, validate, save).
 
 Data-parallel training: ``torchrun --nproc_per_node=N -m lensing train ...`` runs the same
-code in N processes (``lensing.training.distributed``; NCCL and ``cuda:LOCAL_RANK`` on GPUs,
+code in N processes (``lensing.core.distributed``; NCCL and ``cuda:LOCAL_RANK`` on GPUs,
 gloo on the CPU). Without torchrun nothing changes. Under it:
 
 - ``--batch-size`` is per process: a step's global batch is ``batch_size * world_size``. The
@@ -39,23 +39,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from lensing.constants import CLASSES, LAYER_GROUPS
+from lensing.core import distributed
+from lensing.core.constants import CLASSES, LAYER_GROUPS
+from lensing.core.progress import format_seconds, say
+from lensing.core.rng import augment_seed, capture_rng, restore_rng, seed_everything
+from lensing.core.runtime import pick_device, resolve_precision
 from lensing.data.batches import TrainBatches
 from lensing.data.dataset import LensingDataset
-from lensing.progress import format_seconds, say
-from lensing.runtime import pick_device, resolve_precision
-from lensing.training import distributed
-from lensing.training.checkpoint import (
+from lensing.model.checkpoint import (
     CHECKPOINT,
     Checkpointer,
     CheckpointError,
     first_line,
     read_resume_state,
 )
+from lensing.model.network import build_model, prepare_model
 from lensing.training.config import TrainConfig
-from lensing.training.model import build_model, prepare_model
 from lensing.training.optim import current_lrs, make_optimizer, make_scheduler
-from lensing.training.rng import augment_seed, capture_rng, restore_rng, seed_everything
 from lensing.training.steps import train_one_epoch, validate
 
 __all__ = ["TrainConfig", "fit", "load_datasets"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lensing.constants import LAYER_GROUPS, SCHEDULES
-from lensing.training.model import layer_groups
+from lensing.core.constants import LAYER_GROUPS, SCHEDULES
+from lensing.model.network import layer_groups
 
 
 def make_optimizer(

@@ -28,19 +28,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from lensing.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_json
-from lensing.constants import CLASSES
+from lensing.core.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_json
+from lensing.core.constants import CLASSES
+from lensing.core.metrics import compute_metrics
+from lensing.core.progress import bar as progress_bar
+from lensing.core.progress import format_seconds, say
+from lensing.core.rng import capture_rng, seed_everything, set_rng
+from lensing.core.runtime import cpu_state_dict, pick_device, resolve_precision
 from lensing.data.batches import TrainBatches
-from lensing.evaluation.inference import predict_split
-from lensing.evaluation.metrics import compute_metrics
-from lensing.progress import bar as progress_bar
-from lensing.progress import format_seconds, say
-from lensing.runtime import cpu_state_dict, pick_device, resolve_precision
+from lensing.model.inference import predict_split
+from lensing.model.network import build_model, prepare_model
 from lensing.simulate import corpus
-from lensing.training.model import build_model, prepare_model
 from lensing.training.optim import make_optimizer, make_scheduler
 from lensing.training.pretrain_config import PretrainConfig
-from lensing.training.rng import capture_rng, seed_everything, set_rng
 from lensing.training.steps import train_one_epoch
 
 CHECKPOINT_NAME = "pretrain_checkpoint.pth"
@@ -278,7 +278,7 @@ def _read_checkpoint(config: PretrainConfig) -> dict | None:
     path = _checkpoint_path(config)
     if not path.exists():
         return None
-    from lensing.training.checkpoint import load_checkpoint
+    from lensing.model.checkpoint import load_checkpoint
 
     state = load_checkpoint(path, require=("model", "optimizer", "scheduler", "chunk"))
     saved = state.get("config", {})
@@ -319,7 +319,7 @@ def _save_checkpoint(config, model, optimizer, scheduler, generators, history, s
 
 
 def _finish(config, model, history, seconds, device, precision) -> dict:
-    from lensing.training.lensing_weights import save_weights
+    from lensing.model.lensing_weights import save_weights
 
     out = Path(config.out_dir)
     digest = save_weights(cpu_state_dict(model), out / WEIGHTS_NAME)

@@ -10,7 +10,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from lensing.constants import CLASSES
+from lensing.core.constants import CLASSES
 from lensing.simulate import corpus
 
 

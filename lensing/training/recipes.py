@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from lensing.constants import LAYER_GROUPS
+from lensing.core.constants import LAYER_GROUPS
 from lensing.training.config import TrainConfig
 
 RECIPES: dict[str, dict[str, Any]] = {

@@ -10,15 +10,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from lensing.constants import CLASSES
+from lensing.core import distributed
+from lensing.core.constants import CLASSES
+from lensing.core.metrics import compute_metrics
+from lensing.core.progress import bar as progress_bar
+from lensing.core.runtime import autocast, unwrap
 from lensing.data.augment import augment_batch
 from lensing.data.batches import share
 from lensing.data.stretch import apply_stretch
-from lensing.evaluation.inference import predict_split
-from lensing.evaluation.metrics import compute_metrics
-from lensing.progress import bar as progress_bar
-from lensing.runtime import autocast, unwrap
-from lensing.training import distributed
+from lensing.model.inference import predict_split
 
 
 def train_one_epoch(
@@ -99,7 +99,7 @@ def validate(
 ) -> dict[str, float]:
     """Validation loss (mean cross-entropy), macro one-vs-rest AUC and accuracy of ``model``.
 
-    The probabilities come from ``lensing.evaluation.inference.predict_split`` for
+    The probabilities come from ``lensing.model.inference.predict_split`` for
     the whole split and the
     metrics from ``compute_metrics`` on them, so they are computed once from gathered
     predictions. In a data-parallel job each rank first takes rank 0's BatchNorm statistics

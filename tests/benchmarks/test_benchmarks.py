@@ -31,9 +31,9 @@ from benchmarks.seed_pipeline import (
     seed_transforms,
 )
 from benchmarks.speed import model_rate, ours_rate, run_speed, seed_rate, speed_table
-from lensing.constants import CLASSES
+from lensing.core.constants import CLASSES
+from lensing.core.rng import seed_everything
 from lensing.data.dataset import LensingDataset, load_splits
-from lensing.training.rng import seed_everything
 
 
 @pytest.fixture(scope="module")
@@ -267,7 +267,7 @@ def test_difficulty_trains_every_preset_beside_its_baseline(tmp_path, capsys):
     import json
 
     from benchmarks.difficulty import main as difficulty
-    from lensing.training.lensing_weights import weights_label
+    from lensing.model.lensing_weights import weights_label
 
     out = tmp_path / "difficulty.json"
     argv = ["--tiny", "--presets", "test-i", "model-a:subhalo_mass=1e9/1e10"]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from lensing import constants
+from lensing.cli import choice
 from lensing.cli.run import PROFILES, describe_plan
-from lensing.data import choice
+from lensing.core import constants
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = {"train": 2, "val": 1, "test": 1}  # images per class the job simulates here

@@ -9,7 +9,7 @@ import pytest
 import torch
 from numpy.testing import assert_allclose, assert_array_equal
 
-from lensing.constants import AUGMENTATIONS
+from lensing.core.constants import AUGMENTATIONS
 from lensing.data.augment import affine_matrices, augment_batch, d4_views
 
 

@@ -12,7 +12,7 @@ import torch
 from numpy.lib import format as npy_format
 from numpy.testing import assert_allclose, assert_array_equal
 
-from lensing.constants import CLASSES, IMAGE_SIZE
+from lensing.core.constants import CLASSES, IMAGE_SIZE
 from lensing.data.dataset import (
     CACHE_DIR,
     TEST_SPLIT_FILE,

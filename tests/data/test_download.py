@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from lensing.cli import download as command
-from lensing.constants import CLASSES
+from lensing.core.constants import CLASSES
 from lensing.data import archive, download
 
 REPO = Path(__file__).resolve().parents[2]

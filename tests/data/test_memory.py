@@ -12,7 +12,7 @@ import torch
 
 import lensing.data.cache as cache_module
 import lensing.data.dataset as dataset_module
-from lensing.atomic import AtomicNpyMemmap
+from lensing.core.atomic import AtomicNpyMemmap
 from lensing.data.dataset import CACHE_DIR, DataWarning, LensingDataset
 
 linux_only = pytest.mark.skipif(

@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 import torch
 
-from lensing.atomic import atomic_torch_save
-from lensing.constants import CLASSES
+from lensing.core.atomic import atomic_torch_save
+from lensing.core.constants import CLASSES
 from lensing.data.dataset import LensingDataset
 from lensing.data.stretch import apply_stretch
-from lensing.evaluation.inference import predict_split
-from lensing.training.model import build_model
+from lensing.model.inference import predict_split
+from lensing.model.network import build_model
 
 TRAINED_COUNTS = {"train": 8, "val": 6, "test": 3}  # images per class of each split
 TRAINED_STRETCH = "log"  # so that predictions which skip the stretch differ

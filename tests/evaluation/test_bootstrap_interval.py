@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lensing.evaluation.metrics import bootstrap_macro_auc, compute_metrics
+from lensing.core.metrics import bootstrap_macro_auc, compute_metrics
 
 
 def test_interval_is_95_percent():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from lensing.evaluation.metrics import bootstrap_macro_auc
+from lensing.core.metrics import bootstrap_macro_auc
 
 LABELS = np.repeat(np.arange(3), [7, 9, 8])
 

@@ -15,9 +15,10 @@ import torch
 from astropy.io import fits
 from numpy.testing import assert_allclose
 
-from lensing.atomic import atomic_torch_save
 from lensing.cli import main
-from lensing.constants import CLASSES, IMAGE_SIZE
+from lensing.core.atomic import atomic_torch_save
+from lensing.core.constants import CLASSES, IMAGE_SIZE
+from lensing.core.metrics import compute_metrics
 from lensing.data.dataset import LensingDataset
 from lensing.evaluation.calibration import apply_temperature, logits_from_probs
 from lensing.evaluation.classify import (
@@ -27,8 +28,7 @@ from lensing.evaluation.classify import (
     write_predictions,
 )
 from lensing.evaluation.evaluate import evaluate_checkpoint
-from lensing.evaluation.metrics import compute_metrics
-from lensing.training.model import build_model
+from lensing.model.network import build_model
 
 N = IMAGE_SIZE
 ATOL = 1e-5

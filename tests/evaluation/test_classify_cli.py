@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 from astropy.io import fits
 
-from lensing import atomic
 from lensing.cli import main
+from lensing.core import atomic
 from lensing.evaluation.classify import PROB_COLUMNS, write_predictions
 from lensing.training.fit import TrainConfig, fit
 
@@ -98,8 +98,8 @@ def test_hdu_on_the_command_line_classifies_that_extension(model_and_inputs, tmp
 
 
 class DiskFull:
-    """``os`` for lensing.atomic, but every file it opens takes half of the first write and then
-    fails as a full disk does (ENOSPC); or, with ``at="replace"``, the rename fails."""
+    """``os`` for lensing.core.atomic, but every file it opens takes half of the first write and
+    then fails as a full disk does (ENOSPC); or, with ``at="replace"``, the rename fails."""
 
     def __init__(self, at: str = "write") -> None:
         self.at = at

@@ -12,9 +12,10 @@ import torch
 from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.metrics import accuracy_score, confusion_matrix, roc_auc_score
 
-from lensing.atomic import atomic_torch_save
 from lensing.cli import main
-from lensing.constants import CLASSES
+from lensing.core.atomic import atomic_torch_save
+from lensing.core.constants import CLASSES
+from lensing.core.metrics import bootstrap_macro_auc, compute_metrics
 from lensing.data.dataset import LensingDataset
 from lensing.evaluation.calibration import (
     TEMPERATURE_BOUNDS,
@@ -22,9 +23,8 @@ from lensing.evaluation.calibration import (
     logits_from_probs,
 )
 from lensing.evaluation.evaluate import evaluate_checkpoint
-from lensing.evaluation.inference import predict_split
-from lensing.evaluation.metrics import bootstrap_macro_auc, compute_metrics
-from lensing.training.checkpoint import load_checkpoint
+from lensing.model.checkpoint import load_checkpoint
+from lensing.model.inference import predict_split
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -179,7 +179,7 @@ def test_negative_bootstrap_count_is_an_error() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_model() -> torch.nn.Module:
-    from lensing.training.model import build_model
+    from lensing.model.network import build_model
 
     torch.manual_seed(0)
     return build_model("none")

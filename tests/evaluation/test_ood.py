@@ -11,13 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from lensing.atomic import atomic_torch_save
 from lensing.cli import main
-from lensing.constants import CLASSES, IMAGE_SIZE
+from lensing.core.atomic import atomic_torch_save
+from lensing.core.constants import CLASSES, IMAGE_SIZE
 from lensing.data.dataset import LensingDataset
-from lensing.evaluation.classify import classify_files, distribution_line
-from lensing.evaluation.evaluate import evaluate_checkpoint, out_of_distribution
-from lensing.evaluation.ood import (
+from lensing.data.ood import (
     NO_PROFILE,
     PROFILE_KEY,
     STATISTICS,
@@ -28,10 +26,12 @@ from lensing.evaluation.ood import (
     summary_line,
     training_profile,
 )
+from lensing.evaluation.classify import classify_files, distribution_line
+from lensing.evaluation.evaluate import evaluate_checkpoint, out_of_distribution
+from lensing.model.checkpoint import Checkpointer, load_checkpoint
+from lensing.model.network import build_model
 from lensing.simulate import simulate_dataset
-from lensing.training.checkpoint import Checkpointer, load_checkpoint
 from lensing.training.fit import TrainConfig, fit
-from lensing.training.model import build_model
 
 N = IMAGE_SIZE
 LABEL = {key: statistic.label for key, statistic in STATISTICS.items()}

@@ -97,7 +97,7 @@ def test_map_without_positive_evidence_stays_zero() -> None:
 
 
 def test_resnet_maps_leave_the_model_as_it_was() -> None:
-    from lensing.training.model import build_model
+    from lensing.model.network import build_model
 
     model = build_model("none").to(memory_format=torch.channels_last)
     model.train()

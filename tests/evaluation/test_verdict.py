@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from lensing.cli.run import final_verdict
-from lensing.constants import CLASSES
-from lensing.evaluation.metrics import class_recalls, compute_metrics
+from lensing.core.constants import CLASSES
+from lensing.core.metrics import class_recalls, compute_metrics
 from lensing.evaluation.verdict import at_chance, verdict
 
 N_PER_CLASS = 200

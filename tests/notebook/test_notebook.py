@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from lensing.cli.run import run_notebook
-from lensing.constants import CLASSES
+from lensing.core.constants import CLASSES
+from lensing.model.lensing_weights import weights_label
 from lensing.simulate import simulate_dataset
-from lensing.training.lensing_weights import weights_label
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,7 @@ FIGURE_CELLS = {
     "evaluate.evaluate_checkpoint(": 2,  # ROC curves and confusion matrix
 }
 WEIGHTS_MESSAGE = (
-    "no ImageNet weights"  # how lensing.training.model says it fell back to the lensing weights
+    "no ImageNet weights"  # how lensing.model.network says it fell back to the lensing weights
 )
 TINY_PARAMETERS = {
     "grid": {"early": [1e-4], "middle": [1e-4], "late": [1e-4, 1e-3], "fc": [1e-3]},

@@ -17,7 +17,7 @@ import torch
 from pg_server import PostgresUnavailable, postgres_server
 from pg_server import free_port as _free_port
 
-from lensing.constants import CLASSES, IMAGE_SIZE
+from lensing.core.constants import CLASSES, IMAGE_SIZE
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -27,7 +27,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from lensing.atomic import atomic_write_bytes
+from lensing.core.atomic import atomic_write_bytes
 
 DEBIAN_BIN_GLOB = "/usr/lib/postgresql/*/bin"
 SERVER_OS_USER = "postgres"  # initdb refuses to run as root; Debian's package makes this user

@@ -12,7 +12,7 @@ import pytest
 from numpy.testing import assert_allclose
 
 from lensing.cli import main as lensing_main
-from lensing.constants import CLASSES
+from lensing.core.constants import CLASSES
 from lensing.simulate import (
     PRESETS,
     draw_parameters,

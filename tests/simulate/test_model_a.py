@@ -10,7 +10,7 @@ import math
 import numpy as np
 from numpy.testing import assert_allclose
 
-from lensing.constants import CLASSES
+from lensing.core.constants import CLASSES
 from lensing.simulate import (
     PRESETS,
     ModelAPreset,

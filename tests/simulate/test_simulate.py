@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from lensing import constants, simulate
 from lensing.cli import main as lensing_main
-from lensing.constants import CLASSES, MANIFEST
+from lensing.core import constants, simulate
+from lensing.core.constants import CLASSES, MANIFEST
 from lensing.simulate import (
     DEFAULT_PRESET,
     PRESETS,

@@ -7,7 +7,7 @@ import dataclasses
 
 import numpy as np
 
-from lensing.constants import CLASSES
+from lensing.core.constants import CLASSES
 from lensing.simulate import (
     PRESETS,
     draw_parameters,

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lensing.atomic import atomic_torch_save
-from lensing.training.checkpoint import (
+from lensing.core.atomic import atomic_torch_save
+from lensing.model.checkpoint import (
     BEST_MODEL,
     CHECKPOINT,
     CONFIG_JSON,
@@ -121,8 +121,8 @@ def test_a_checkpoint_in_the_old_format_resumes_without_a_changed_config_warning
 # fit does after every epoch, and says when each write starts and ends (monotonic seconds).
 REWRITER = """
 import sys, time
-from lensing.atomic import atomic_torch_save
-from lensing.training.checkpoint import TRAINING_KEYS, load_checkpoint
+from lensing.core.atomic import atomic_torch_save
+from lensing.model.checkpoint import TRAINING_KEYS, load_checkpoint
 
 path = sys.argv[1]
 state = load_checkpoint(path, require=TRAINING_KEYS)
@@ -180,8 +180,8 @@ def test_a_sigkill_mid_write_leaves_a_checkpoint_that_loads_and_resumes(data_roo
 
 
 def test_a_killed_writes_leftover_is_removed_once_it_is_old(tmp_path) -> None:
-    from lensing.atomic import STALE_TMP_S
-    from lensing.training.checkpoint import Checkpointer
+    from lensing.core.atomic import STALE_TMP_S
+    from lensing.model.checkpoint import Checkpointer
 
     old = tmp_path / f".{CHECKPOINT}.abc123.tmp"
     young = tmp_path / f".{BEST_MODEL}.def456.tmp"

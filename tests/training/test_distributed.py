@@ -17,13 +17,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from lensing.core import distributed
+from lensing.core.metrics import compute_metrics
 from lensing.data.batches import TrainBatches
 from lensing.data.dataset import LensingDataset
-from lensing.evaluation.inference import predict_split
-from lensing.evaluation.metrics import compute_metrics
-from lensing.training import distributed
-from lensing.training.checkpoint import BEST_MODEL, CHECKPOINT, CONFIG_JSON, load_checkpoint
-from lensing.training.model import build_model
+from lensing.model.checkpoint import BEST_MODEL, CHECKPOINT, CONFIG_JSON, load_checkpoint
+from lensing.model.inference import predict_split
+from lensing.model.network import build_model
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -220,7 +220,7 @@ def test_each_cpu_process_gets_cores_over_n_threads(
 
 THREADS_SCRIPT = """
 import json, os, torch
-from lensing.training import distributed
+from lensing.core import distributed
 with distributed.process_group("cpu") as world:
     records = distributed.gather_objects({"rank": world.rank, "threads": torch.get_num_threads()})
 if world.is_main:

@@ -9,8 +9,7 @@ import shutil
 import pytest
 import torch
 
-from lensing.simulate.writer import CORPUS_SEED_BASE
-from lensing.training.lensing_weights import (
+from lensing.model.lensing_weights import (
     MODEL_CARD,
     WEIGHTS_FILE,
     WEIGHTS_SHA256,
@@ -18,7 +17,8 @@ from lensing.training.lensing_weights import (
     save_weights,
     sha256_of,
 )
-from lensing.training.model import build_model
+from lensing.model.network import build_model
+from lensing.simulate.writer import CORPUS_SEED_BASE
 
 
 def test_the_shipped_file_has_the_hash_the_package_and_its_card_give():
@@ -49,7 +49,7 @@ def test_a_missing_file_is_an_error_and_build_model_does_not_start_random(tmp_pa
     with pytest.raises(ValueError, match="missing"):
         load_lensing_weights(tmp_path / "absent.pth", WEIGHTS_SHA256)
     monkeypatch.setattr(
-        "lensing.training.model.load_lensing_weights",
+        "lensing.model.network.load_lensing_weights",
         lambda: load_lensing_weights(tmp_path / "absent.pth", WEIGHTS_SHA256),
     )
     with pytest.raises(ValueError, match="lensing weights are missing"):

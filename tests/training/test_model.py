@@ -8,10 +8,10 @@ import torchvision
 from numpy.testing import assert_allclose
 from torch import nn
 
-import lensing.training.model
-from lensing.constants import LAYER_GROUPS
-from lensing.training.lensing_weights import load_lensing_weights, weights_label
-from lensing.training.model import (
+import lensing.model.network
+from lensing.core.constants import LAYER_GROUPS
+from lensing.model.lensing_weights import load_lensing_weights, weights_label
+from lensing.model.network import (
     GROUP_MODULES,
     build_model,
     layer_groups,
@@ -115,7 +115,7 @@ def test_a_bad_weights_file_is_a_clear_error(tmp_path):
 def hub_cache(tmp_path, monkeypatch):
     """An empty torch hub cache in tmp_path, and a process that has not looked for weights."""
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    monkeypatch.setattr(lensing.training.model, "_imagenet_failure", None)
+    monkeypatch.setattr(lensing.model.network, "_imagenet_failure", None)
     return tmp_path / "hub" / "checkpoints"
 
 

@@ -10,8 +10,8 @@ import torch
 
 import lensing.training.pretrain as pretrain_module
 from lensing.cli import main
-from lensing.training.lensing_weights import sha256_of
-from lensing.training.model import build_model
+from lensing.model.lensing_weights import sha256_of
+from lensing.model.network import build_model
 from lensing.training.pretrain import pretrain
 from lensing.training.pretrain_config import PretrainConfig
 

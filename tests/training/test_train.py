@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from lensing.cli import main
-from lensing.constants import CLASSES, LAYER_GROUPS
+from lensing.core.constants import CLASSES, LAYER_GROUPS
 from lensing.data.batches import TrainBatches
 from lensing.data.dataset import LensingDataset
-from lensing.training.checkpoint import (
+from lensing.model.checkpoint import (
     BEST_MODEL,
     CHECKPOINT,
     CONFIG_JSON,
@@ -23,8 +23,8 @@ from lensing.training.checkpoint import (
     CheckpointError,
     load_checkpoint,
 )
+from lensing.model.network import build_model, layer_groups
 from lensing.training.fit import TrainConfig, _patience_exhausted, fit
-from lensing.training.model import build_model, layer_groups
 from lensing.training.optim import make_optimizer, make_scheduler
 
 

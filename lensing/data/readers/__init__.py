@@ -7,7 +7,7 @@
 - :mod:`~lensing.data.readers.checks`: ``ImageError`` and the file checks they share.
 """
 
-from lensing import lazy_exports
+from lensing.core.lazy import lazy_exports
 
 _EXPORTS = {
     "read_image": "image",

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lensing.constants import IMAGE_SIZE
+from lensing.core.constants import IMAGE_SIZE
 from lensing.data.readers.checks import (
     ImageError,
     image_plane,

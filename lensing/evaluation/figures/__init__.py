@@ -6,7 +6,7 @@
 - :mod:`~lensing.evaluation.figures.inline`: showing a figure in a notebook.
 """
 
-from lensing import lazy_exports
+from lensing.core.lazy import lazy_exports
 
 _EXPORTS = {
     "plot_samples": "plots",

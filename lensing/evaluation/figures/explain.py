@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from lensing.constants import CLASSES
+from lensing.core.constants import CLASSES
 from lensing.data.stretch import apply_stretch
 from lensing.evaluation.calibration import (
     N_BINS,

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from lensing.atomic import atomic_write_bytes
-from lensing.constants import CLASSES, LAYER_GROUPS
-from lensing.evaluation.metrics import check_inputs
+from lensing.core.atomic import atomic_write_bytes
+from lensing.core.constants import CLASSES, LAYER_GROUPS
+from lensing.core.metrics import check_inputs
 
 DPI = 120  # resolution of every saved PNG, dots per inch
 LR_COLUMNS = tuple(f"lr_{group}" for group in LAYER_GROUPS)

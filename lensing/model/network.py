@@ -13,10 +13,10 @@ import torch
 from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
-from lensing.constants import CLASSES, LAYER_GROUPS
-from lensing.runtime import plain_state_dict, unwrap
-from lensing.training import distributed
-from lensing.training.lensing_weights import load_lensing_weights, weights_label
+from lensing.core import distributed
+from lensing.core.constants import CLASSES, LAYER_GROUPS
+from lensing.core.runtime import plain_state_dict, unwrap
+from lensing.model.lensing_weights import load_lensing_weights, weights_label
 
 # Top-level ResNet18 modules of each layer group; each group gets its own learning rate.
 GROUP_MODULES = {
@@ -42,7 +42,7 @@ def build_model(pretrained: str | Path = "imagenet", num_classes: int = len(CLAS
         else downloaded). When they cannot be had (no network) the package's lensing weights
         are used instead, and a message on stderr says so, once per process. "lensing": the
         package's own weights, pretrained on simulated lenses only
-        (:mod:`lensing.training.lensing_weights`; their hash is checked). "none": random
+        (:mod:`lensing.model.lensing_weights`; their hash is checked). "none": random
         initialization. A path: a torchvision resnet18 state_dict (3-channel conv1, converted
         like the ImageNet weights), or a checkpoint written by ``lensing.training.fit``
         (its ``model`` entry). In every case the final layer is new unless the weights' fc
@@ -225,7 +225,7 @@ def prepare_model(
     data_parallel: wrap it in DistributedDataParallel (gradients averaged over the ranks at
         each backward pass, rank 0's weights copied to every rank here); None: when a
         process group of more than one process is initialized. The plain model is then
-        ``lensing.runtime.unwrap(model)``.
+        ``lensing.core.runtime.unwrap(model)``.
     compile_model: wrap it in ``torch.compile`` (last, so DDP's hooks are traced with it).
     """
     model = model.to(device)

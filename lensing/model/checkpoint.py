@@ -9,7 +9,7 @@ A training run writes into its folder:
   (``params``), classes, val AUC, epoch, history, whether pretrained weights were used
   (``pretrained``) and which (``weights``: "imagenet", "lensing:<hash>", "none", a path);
 - in both, ``training_profile``: the distribution of a few per-image statistics of the train
-  split (:func:`lensing.evaluation.ood.training_profile`), against which ``predict`` and
+  split (:func:`lensing.data.ood.training_profile`), against which ``predict`` and
   ``evaluate`` flag inputs that do not look like the training images; computed once per run,
   when the first of these files is written;
 - ``config.json``: the run's TrainConfig.
@@ -28,16 +28,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from lensing.atomic import (
+from lensing.core import distributed
+from lensing.core.atomic import (
     atomic_torch_save,
     atomic_write_json,
     remove_stale_temporaries,
     temporary_pattern,
 )
-from lensing.constants import CLASSES, canonical_augmentation
-from lensing.evaluation.ood import PROFILE_KEY, training_profile
-from lensing.runtime import cpu_state_dict
-from lensing.training import distributed
+from lensing.core.constants import CLASSES, canonical_augmentation
+from lensing.core.runtime import cpu_state_dict
+from lensing.data.ood import PROFILE_KEY, training_profile
 
 CHECKPOINT = "checkpoint.pth"  # the rolling checkpoint of a run folder
 BEST_MODEL = "best_model.pth"  # the best weights of a run folder (and of a search's out folder)
@@ -251,7 +251,7 @@ class Checkpointer:
         """Everything needed to resume after ``epoch``.
 
         training: {"model", "optimizer", "scheduler", "scaler"} of the run.
-        rng_states: every rank's ``lensing.training.rng.capture_rng`` (rank 0 first).
+        rng_states: every rank's ``lensing.core.rng.capture_rng`` (rank 0 first).
         """
         if not self.writes:
             return

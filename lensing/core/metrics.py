@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score
 
-from lensing.constants import CLASSES
+from lensing.core.constants import CLASSES
 
 # Bootstrap resamples are scored in chunks of about this many (resample, item) weights, so
 # 1,000 resamples of a large test set never hold more than a few tens of MB at once.

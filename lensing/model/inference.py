@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from lensing.constants import CLASSES
+from lensing.core.constants import CLASSES
+from lensing.core.runtime import autocast, pick_device, plain_state_dict, resolve_precision
 from lensing.data.augment import d4_views
 from lensing.data.batches import ordered_batches
 from lensing.data.stretch import apply_stretch
-from lensing.runtime import autocast, pick_device, plain_state_dict, resolve_precision
-from lensing.training.checkpoint import CheckpointError, first_line, load_checkpoint
-from lensing.training.model import build_model
+from lensing.model.checkpoint import CheckpointError, first_line, load_checkpoint
+from lensing.model.network import build_model
 
 
 def predict_split(
@@ -38,7 +38,7 @@ def predict_split(
     device: where to run ("auto", "cpu", "cuda", ... or a torch.device); the model is moved
         there.
     batch_size: images per forward pass.
-    precision: "fp32", "bf16", "fp16" or "auto" (``lensing.runtime.resolve_precision``).
+    precision: "fp32", "bf16", "fp16" or "auto" (``lensing.core.runtime.resolve_precision``).
     tta: average the softmax over the 8 rotations and flips of each image (``d4_views``).
     stretch: the input stretch the model was trained with (``lensing.data.stretch``).
 

@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from lensing.runtime import pick_device, unwrap
+from lensing.core.runtime import pick_device, unwrap
 
 # Environment variables torchrun (torch.distributed.run) sets for every process it starts.
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -100,7 +100,7 @@ def _env_int(name: str, default: int) -> int:
 def process_group(device: str = "auto") -> Iterator[World]:
     """Join the process group torchrun's environment describes, for the duration of the block.
 
-    device: the training device as given to ``lensing.runtime.pick_device`` ("auto", "cpu",
+    device: the training device as given to ``lensing.core.runtime.pick_device`` ("auto", "cpu",
         "cuda", ...). A CUDA device means the NCCL backend and ``cuda:LOCAL_RANK`` for this
         process; anything else means gloo on the CPU.
 
@@ -324,7 +324,7 @@ def warn_if_alone() -> None:
         warnings.warn(
             f"torchrun started {os.environ['WORLD_SIZE']} processes but this one trains "
             "alone (no process group); use `python -m lensing train` or wrap the call in "
-            "lensing.training.distributed.process_group()",
+            "lensing.core.distributed.process_group()",
             RuntimeWarning,
             stacklevel=3,
         )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lensing import constants
+from lensing.core import constants
 
 
 def real_data_present() -> bool:

@@ -9,7 +9,7 @@ import os
 import torch
 from torch import nn
 
-from lensing.constants import PRECISIONS
+from lensing.core.constants import PRECISIONS
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:

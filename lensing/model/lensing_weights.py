@@ -1,7 +1,7 @@
 """The package's own lensing weights: a ResNet18 pretrained on simulated lenses only.
 
 ``python -m lensing pretrain`` makes them (:mod:`lensing.training.pretrain`); the file ships
-in ``lensing/training/weights/`` beside its model card (``MODEL_CARD.md``), in half precision.
+in ``lensing/model/weights/`` beside its model card (``MODEL_CARD.md``), in half precision.
 ``--pretrained lensing`` loads them, and ``imagenet`` falls back to them where ImageNet weights
 cannot be had. The file's SHA-256 is checked on every load: a wrong hash is an error, never
 a silent random start.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from lensing.atomic import atomic_write_bytes
+from lensing.core.atomic import atomic_write_bytes
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 WEIGHTS_FILE = WEIGHTS_DIR / "lensing_resnet18.pth"

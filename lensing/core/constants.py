@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 # The repository root; LENSING_ROOT moves every output folder elsewhere (tests, clusters).
-PROJECT_ROOT = Path(os.environ.get("LENSING_ROOT", Path(__file__).resolve().parent.parent))
+PROJECT_ROOT = Path(os.environ.get("LENSING_ROOT", Path(__file__).resolve().parents[2]))
 DATA_DIR = PROJECT_ROOT / "data"
 REAL_DATA_DIR = DATA_DIR / "dataset"  # reserved for the real download (download_data.py)
 SIMULATED_DATA_DIR = DATA_DIR / "simulated"  # default home of simulated sets

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lensing.training import distributed
+from lensing.core import distributed
 
 
 def seed_everything(seed: int) -> None:
