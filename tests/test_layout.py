@@ -9,18 +9,18 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lensing"
 MAX_TOP_LEVEL, MAX_MODULE_LINES, MAX_FUNCTION_LINES = 10, 400, 80
-# Each subpackage's layer: a module may import its own subpackage and lower layers only.
+# Each subpackage's layer (docs/design.md, Layers): a module may import its own subpackage and lower layers only.
 # training and evaluation share a layer and so may not import each other. The package's own
 # __init__ re-exports constants only and counts as core; __main__ is the command line.
 LAYERS = {
-    "core": 0,
-    "data": 1,
-    "simulate": 2,
-    "model": 3,
-    "training": 4,
-    "evaluation": 4,
-    "search": 5,
-    "cli": 6,
+    "core": 1,
+    "data": 2,
+    "simulate": 3,
+    "model": 4,
+    "training": 5,
+    "evaluation": 5,
+    "search": 6,
+    "cli": 7,
 }
 
 
@@ -109,11 +109,11 @@ def test_an_upward_import_is_named_with_both_subpackages():
     graph = {"lensing.data.batches": imported(ast.parse(source), "lensing.data.batches", known)}
     problems = upward_imports(graph)
     assert len(problems) == 2
-    assert "lensing.data (layer 1) may not import lensing.training (layer 4)" in problems[1]
-    assert "lensing.data (layer 1) may not import lensing.search (layer 5)" in problems[0]
+    assert "lensing.data (layer 2) may not import lensing.training (layer 5)" in problems[1]
+    assert "lensing.data (layer 2) may not import lensing.search (layer 6)" in problems[0]
     side_by_side = {"lensing.training.steps": {"lensing.evaluation.evaluate"}}
     assert (
-        "lensing.training (layer 4) may not import lensing.evaluation"
+        "lensing.training (layer 5) may not import lensing.evaluation"
         in (upward_imports(side_by_side)[0])
     )
 

@@ -1,7 +1,7 @@
 """The command line: ``python -m lensing COMMAND [options]``.
 
 Every command is a module ``lensing.cli.<name>`` listed in ``COMMANDS``, with two functions:
-``build_parser() -> argparse.ArgumentParser`` and ``run(args) -> int`` (the exit code). A
+``build_parser() -> argparse.ArgumentParser`` and ``handle(args) -> int`` (the exit code). A
 module imports its heavy work (torch, optuna, lenstronomy) inside ``run``, and ``main`` builds
 the parser of the chosen command only, so ``--help`` and ``simulate`` stay quick. Every
 command follows the exit codes of ``lensing.cli.options``; ``download`` adds codes of its own.
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     command = command_module(name)
     args = command.build_parser().parse_args(rest)
     args.argv = rest  # the options as typed (the search's resume hint)
-    return run_handled(command.run, args)
+    return run_handled(command.handle, args)
 
 
 def run_handled(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:

@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
+def handle(args: argparse.Namespace) -> int:
     """Serve the dashboard until Ctrl-C; returns the exit code (module docstring)."""
     from lensing.search.dashboard import (
         DashboardError,

@@ -123,7 +123,7 @@ def build_parser(prog: str = "python -m lensing download") -> argparse.ArgumentP
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
+def handle(args: argparse.Namespace) -> int:
     """Download and install with the parsed options; returns the exit code (module
     docstring): an expected failure prints its message, never a traceback."""
     try:
@@ -154,4 +154,4 @@ def main(argv: list[str] | None = None) -> int:
 
     argv: list of str, the options (None: sys.argv[1:]); a bad option raises SystemExit(2).
     """
-    return run(build_parser(prog="download_data.py").parse_args(argv))
+    return handle(build_parser(prog="download_data.py").parse_args(argv))

@@ -14,6 +14,20 @@ from lensing.cli.options import EXIT_OK
 from lensing.core.constants import PRECISIONS
 
 FAMILIES = ("legacy", "model-a", "test-i")
+# Options that set one PretrainConfig field of the same name (dashes for underscores, --out
+# for out_dir), with their help; the default shown is the field's.
+FIELD_OPTIONS = (
+    ("--out", "out_dir", str, "output folder"),
+    ("--images", "images", int, "new simulated images in all"),
+    ("--chunk-per-class", "chunk_per_class", int, "new images per class in one chunk"),
+    ("--replay", "replay", int, "chunks trained on together; each image is seen this often"),
+    ("--batch-size", "batch_size", int, "images per optimizer step"),
+    ("--lr", "lr", float, "Adam peak learning rate"),
+    ("--seed", "seed", int, "corpus and training seed"),
+    ("--device", "device", str, "auto, cpu, cuda, cuda:N, mps"),
+    ("--probe-per-class", "probe_per_class", int, "probe images per class of test-i and model-a"),
+    ("--probe-every", "probe_every", int, "chunks between probe scores"),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,32 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
         "strong substructure down to the presets' and below). Writes OUT/lensing_resnet18.pth "
         "and OUT/pretrain_summary.json; a kill loses at most one chunk (--resume).",
     )
-    parser.add_argument("--out", default=default["out_dir"].default, help="output (%(default)s)")
-    parser.add_argument(
-        "--images",
-        type=int,
-        default=default["images"].default,
-        help="new simulated images in all (%(default)s)",
-    )
-    parser.add_argument(
-        "--chunk-per-class",
-        type=int,
-        default=default["chunk_per_class"].default,
-        help="new images per class in one chunk (%(default)s)",
-    )
-    parser.add_argument(
-        "--replay",
-        type=int,
-        default=default["replay"].default,
-        help="chunks trained on together; each image is seen this often (%(default)s)",
-    )
-    parser.add_argument("--batch-size", type=int, default=default["batch_size"].default)
-    parser.add_argument(
-        "--lr",
-        type=float,
-        default=default["lr"].default,
-        help="Adam peak learning rate (%(default)s)",
-    )
+    for flag, field, kind, text in FIELD_OPTIONS:
+        parser.add_argument(
+            flag,
+            dest=field,
+            type=kind,
+            default=default[field].default,
+            help=f"{text} (%(default)s)",
+        )
     parser.add_argument(
         "--hold-out",
         action="append",
@@ -60,23 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="leave a family out of the corpus (repeatable)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="corpus and training seed (0)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto")
+    parser.add_argument("--precision", choices=PRECISIONS, default=default["precision"].default)
     parser.add_argument(
         "--workers", type=int, default=None, help="simulating processes (default: every CPU core)"
-    )
-    parser.add_argument(
-        "--probe-per-class",
-        type=int,
-        default=default["probe_per_class"].default,
-        help="probe images per class of test-i and model-a (%(default)s)",
-    )
-    parser.add_argument(
-        "--probe-every",
-        type=int,
-        default=default["probe_every"].default,
-        help="chunks between probe scores (%(default)s)",
     )
     parser.add_argument(
         "--resume", action="store_true", help="continue from OUT/pretrain_checkpoint.pth"
@@ -85,25 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
+def handle(args: argparse.Namespace) -> int:
     """Pretrain with the parsed options; returns the exit code."""
     from lensing.training.pretrain import pretrain
     from lensing.training.pretrain_config import PretrainConfig
 
-    options = {
-        "out_dir": args.out,
-        "images": args.images,
-        "chunk_per_class": args.chunk_per_class,
-        "replay": args.replay,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "hold_out": tuple(args.hold_out),
-        "seed": args.seed,
-        "device": args.device,
-        "precision": args.precision,
-        "probe_per_class": args.probe_per_class,
-        "probe_every": args.probe_every,
-    }
+    options = {field: getattr(args, field) for _, field, _, _ in FIELD_OPTIONS}
+    options |= {"hold_out": tuple(args.hold_out), "precision": args.precision}
     if args.workers is not None:
         options["workers"] = args.workers
     pretrain(PretrainConfig(**options), resume=args.resume, progress=not args.no_progress)

@@ -3,7 +3,7 @@ headless, leave the reports.
 
 The real set in ``data/dataset`` is used when it is there; otherwise a small simulated set is
 written into ``data/simulated`` (never into ``data/dataset``, which is the real download's) and
-the job says so. The notebook then runs under papermill with a profile's parameters, leaving
+the job says so. The notebook then runs under papermill with a budget's parameters, leaving
 ``reports/classification_notebook.ipynb`` (executed), ``reports/metrics.json`` and
 ``reports/figures/*.png``. Re-running resumes the search where it stopped.
 """
@@ -30,12 +30,14 @@ from lensing.core.constants import (
 )
 from lensing.core.progress import NO_BARS_ENV
 from lensing.search.grid import DEFAULT_GRID, grid_size
+from lensing.training.config import TrainConfig
 from lensing.training.recipes import recipe_rates
 
-# Profiles. "quick" is sized for a 2-core laptop CPU: one combination, so that its few minutes
-# go to a model that learns something (the README's Results, for the time it takes with and
-# without native bf16). "full" is a longer search on a larger set.
-PROFILES = {
+# Budgets: how much data and training a job gets. "quick" is sized for a 2-core laptop CPU: one
+# combination, so that its few minutes go to a model that learns something (the README's
+# Results, for the time it takes with and without native bf16). "full" is a longer search on a
+# larger set.
+BUDGETS = {
     "quick": {
         # A few minutes on a 2-core CPU: the whole pipeline end to end, fine-tuning the
         # pretrained weights (ImageNet's, else the package's lensing weights). From random
@@ -43,20 +45,23 @@ PROFILES = {
         # (docs/simulated-data.md); from the lensing weights it does (the README's Results).
         "simulate": {"train": 400, "val": 100, "test": 150},  # images per class
         # On the real set the same budget: a stratified subset of each split, so the quick
-        # profile takes the same few minutes (all 27,000 training images would take an hour).
+        # budget takes the same few minutes (all 27,000 training images would take an hour).
         "real_subset": {"train": 400, "val": 100, "test": 150},
         "parameters": {
             # One combination: the default recipe's rate for each layer group.
             "grid": {group: [rate] for group, rate in recipe_rates("default").items()},
             "epochs_per_combination": 6,
             "additional_epochs": 0,
-            "batch_size": 64,
         },
     },
     "full": {
         "simulate": {"train": 1000, "val": 250, "test": 250},
         "real_subset": None,  # every image of the real set
-        "parameters": {"grid": None, "epochs_per_combination": 10, "additional_epochs": 5},
+        "parameters": {
+            "grid": None,
+            "epochs_per_combination": TrainConfig.epochs,  # a training run's default
+            "additional_epochs": 5,
+        },
     },
 }
 
@@ -91,16 +96,16 @@ def expected_seconds(per_class: dict[str, int], epochs: int, rate: float) -> flo
     return seconds + 8 * n.get("test", 0) / (3 * rate)
 
 
-def describe_plan(profile_name: str, kind: str, per_class: dict[str, int], data: str) -> str:
+def describe_plan(budget: str, kind: str, per_class: dict[str, int], data: str) -> str:
     """What the main job will do and how long it should take, from the measured rates."""
-    parameters = PROFILES[profile_name]["parameters"]
+    parameters = BUDGETS[budget]["parameters"]
     grid = parameters["grid"]
     combos = grid_size(grid if grid is not None else DEFAULT_GRID)
     epochs = combos * parameters["epochs_per_combination"] + parameters["additional_epochs"]
     counts = " / ".join(f"{per_class.get(s, 0):,}" for s in SPLITS)
     seen = epochs * per_class["train"] * len(CLASSES)
     lines = [
-        f"Plan ({profile_name} profile): {data} data, {counts} images per class "
+        f"Plan ({budget} budget): {data} data, {counts} images per class "
         f"(train / val / test); {combos} combination(s) x "
         f"{parameters['epochs_per_combination']} epochs"
         + (f" + {parameters['additional_epochs']} more" if parameters["additional_epochs"] else "")
@@ -155,19 +160,19 @@ def run_notebook(
     return output
 
 
-def main_job(profile_name: str = "quick", seed: int = 0) -> Path:
-    """Choose the data, run the notebook headless with the profile's parameters, say where the
+def main_job(budget: str = "quick", seed: int = 0) -> Path:
+    """Choose the data, run the notebook headless with the budget's parameters, say where the
     reports are; returns the executed notebook's path."""
-    profile = PROFILES[profile_name]
+    sizes = BUDGETS[budget]
     start = time.perf_counter()
-    data_dir = choose_data(profile["simulate"], seed=seed)
+    data_dir = choose_data(sizes["simulate"], seed=seed)
     real = data_dir == constants.REAL_DATA_DIR
-    subset = profile["real_subset"] if real else None
-    per_class = (subset or real_counts()) if real else profile["simulate"]
+    subset = sizes["real_subset"] if real else None
+    per_class = (subset or real_counts()) if real else sizes["simulate"]
     label = "REAL" + (" (a stratified subset)" if subset else "") if real else "SIMULATED"
-    print(describe_plan(profile_name, machine_kind(), per_class, label), flush=True)
+    print(describe_plan(budget, machine_kind(), per_class, label), flush=True)
     parameters = {
-        **profile["parameters"],
+        **sizes["parameters"],
         "images_per_class": subset,
         "data_dir": str(data_dir),
         "models_dir": str(MODELS_DIR),
@@ -204,14 +209,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="The main job: the data (real, or simulated when absent), the notebook "
         "headless, the reports.",
     )
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
+    parser.add_argument(
+        "--budget",
+        "--profile",  # its earlier name, still accepted
+        dest="budget",
+        choices=sorted(BUDGETS),
+        default="quick",
+        help="quick: a few minutes on a laptop CPU; full: a longer search on a larger set "
+        "(%(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for simulation and training")
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
+def handle(args: argparse.Namespace) -> int:
     """Run the main job with the parsed options; returns the exit code."""
-    main_job(args.profile, args.seed)
+    main_job(args.budget, args.seed)
     return EXIT_OK
 
 

@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
+def handle(args: argparse.Namespace) -> int:
     """Search with the parsed options; ``args.argv`` (the options as typed) makes the hint a
     Ctrl-C prints. Returns the exit code (module docstring)."""
     from lensing.core import distributed

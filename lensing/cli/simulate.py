@@ -92,7 +92,7 @@ def _preset(parser: argparse.ArgumentParser, args: argparse.Namespace):
     return get_preset(args.preset, substructure_mass=args.substructure_mass)
 
 
-def run(args: argparse.Namespace) -> int:
+def handle(args: argparse.Namespace) -> int:
     """Simulate (or ``--check``) with the parsed options; returns the exit status. A bad
     input exits 2 through the parser (SystemExit), with the parser's usage line."""
     from lensing.simulate.writer import simulate_dataset

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
+def handle(args: argparse.Namespace) -> int:
     """Train with the parsed options; returns the exit code."""
     from lensing.core import distributed
     from lensing.training.config import TrainConfig

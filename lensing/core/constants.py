@@ -19,6 +19,7 @@ CLASSES = ("no", "sphere", "vort")  # folder names, in label order
 IMAGE_SIZE = 150  # pixels per side of every image
 SPLITS = ("train", "val", "test")
 LAYER_GROUPS = ("early", "middle", "late", "fc")  # one learning rate each
+BATCH_SIZE = 64  # images per optimizer step: the default of training and pretraining
 MANIFEST = "manifest.json"  # written by the simulator; its presence marks a set as simulated
 
 # Option values of training and search.

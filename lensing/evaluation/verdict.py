@@ -22,7 +22,7 @@ CHANCE_MARGIN = 0.05  # without an interval: a macro AUC below 0.55 counts as ch
 LOW_RECALL = 0.2  # a class found less often than this is one the model does not predict
 
 ADVICE = (
-    "more training (a larger set or more epochs: `python -m lensing run --profile full`), "
+    "more training (a larger set or more epochs: `python -m lensing run --budget full`), "
     "pretrained weights (`--pretrained lensing` or `imagenet`; random weights stall for tens "
     "of thousands of images), or a GPU; docs/simulated-data.md (How hard the stand-in is) "
     "gives the budgets at which a ResNet18 learns the simulated set"

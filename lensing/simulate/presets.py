@@ -6,7 +6,7 @@ solar masses (M_sun). Every preset is hashable, so the lenstronomy objects built
 cached per worker process, and its ``dataclasses.asdict`` is what the manifest records.
 
 ``legacy``
-    The first recipe of this simulator: an SIE with lens light and a bright, easy class signal
+    The first design of this simulator: an SIE with lens light and a bright, easy class signal
     (for tests that want one). Its images are byte-identical, seed for seed, to those it gave
     before presets existed.
 ``test-i`` (the default)
@@ -15,7 +15,7 @@ cached per worker process, and its ``dataclasses.asdict`` is what the manifest r
     a ring elongated along x, and substructure whose strength is the one parameter
     ``substructure_mass``.
 ``model-a``
-    A second, independent physics family after the DeepLense "Model A" recipe (an SIS main
+    A second, independent physics family after the DeepLense "Model A" design (an SIS main
     lens, Sersic source, Gaussian noise; see :class:`ModelAPreset`), so that defaults are not
     fitted to one simulator.
 """
@@ -50,7 +50,7 @@ class Instrument:
 
 @dataclass(frozen=True)
 class LegacyPreset(Instrument):
-    """The first recipe: SIE + shear, Sersic lens light, Sersic source, Gaussian noise.
+    """The first design: SIE + shear, Sersic lens light, Sersic source, Gaussian noise.
 
     Main lens: theta_e (arcsec, Einstein radius), lens_q (axis ratio), position angle uniform in
     [0, pi), lens_center (arcsec, offset in x and in y), shear (dimensionless strength, angle
@@ -158,7 +158,7 @@ class TestIPreset(Instrument):
 
 @dataclass(frozen=True)
 class ModelAPreset(Instrument):
-    """After the DeepLense "Model A" recipe (arXiv:1909.07346, arXiv:2008.12731), in lenstronomy.
+    """After the DeepLense "Model A" design (arXiv:1909.07346, arXiv:2008.12731), in lenstronomy.
 
     Main lens: a singular isothermal sphere (SIS, not an SIE) of Einstein radius near 1.2 arcsec
     plus external shear. Source: one elliptical Sersic profile. The noiseless image (continuous,

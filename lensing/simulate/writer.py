@@ -155,10 +155,11 @@ def _check_previous(out: Path, seed: int, name: str, parameters: dict) -> None:
         differs = f"seed {previous.get('seed')!r}, not {seed}"
     elif before != name:
         differs = f"preset {before!r}, not {name!r}"
-    elif previous.get("recipe") != parameters:
-        old = previous.get("recipe") or {}
+    # "parameters" was called "recipe" in manifests written by earlier versions.
+    elif previous.get("parameters", previous.get("recipe")) != parameters:
+        old = previous.get("parameters", previous.get("recipe")) or {}
         changed = sorted(k for k in parameters if old.get(k) != parameters[k])
-        differs = f"another recipe (differs in {', '.join(changed)})"
+        differs = f"other preset parameters (differing in {', '.join(changed)})"
     else:
         return
     raise ValueError(
@@ -209,7 +210,7 @@ def _manifest(seed: int, counts: dict, name: str, parameters: dict) -> dict:
         "dtype": "float64",
         "normalization": "per-image min-max to [0, 1]",
         "layout": "<split>/<class>/<i>.npy, i = 1..count",
-        "recipe": parameters,
+        "parameters": parameters,
         "versions": _versions(),
         "complete": False,
     }

@@ -14,6 +14,7 @@ from typing import Any
 
 from lensing.core.constants import (
     AUGMENTATIONS,
+    BATCH_SIZE,
     LAYER_GROUPS,
     MODELS_DIR,
     PRECISIONS,
@@ -33,7 +34,9 @@ class TrainConfig:
     data_dir: str = str(SIMULATED_DATA_DIR)
     out_dir: str = str(MODELS_DIR)  # where checkpoint.pth, best_model.pth, config.json go
     epochs: int = 10  # total number of epochs (a resumed run trains up to this number)
-    batch_size: int = 64  # images per optimizer step and process (x world size under torchrun)
+    batch_size: int = (
+        BATCH_SIZE  # images per optimizer step and process (x world size under torchrun)
+    )
     # The learning rates, one per layer group (a one-cycle schedule's peaks): early layers move
     # least. Measured best for fine-tuning the pretrained (lensing) weights, which every run
     # starts from by default; from random weights the recipe "from-scratch" (1e-3 each) is.

@@ -245,10 +245,8 @@ def _entry(config: PretrainConfig, chunk: int, data: dict, stats: dict) -> dict:
     return {
         "chunk": chunk + 1,
         "new_images": (chunk + 1) * config.chunk_images,
-        "images_seen": sum(
-            config.chunk_images * min(c + 1, config.replay) for c in range(chunk + 1)
-        ),
-        "steps": sum(config.chunk_steps(c) for c in range(chunk + 1)),
+        "images_seen": config.images_seen(chunk + 1),
+        "steps": config.total_steps(chunk + 1),
         "strength_dex": [round(low, 3), round(high, 3)],
         "families": {str(f): int(n) for f, n in zip(families, counts, strict=True)},
         "train_loss": stats["train_loss"],

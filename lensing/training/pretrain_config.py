@@ -10,7 +10,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from lensing.core.constants import CLASSES
+from lensing.core.constants import BATCH_SIZE, CLASSES
 from lensing.simulate import corpus
 
 
@@ -22,7 +22,7 @@ class PretrainConfig:
     images: int = 120_000  # new corpus images in all (rounded up to whole chunks)
     chunk_per_class: int = 1000  # new images per class in one chunk
     replay: int = 2  # chunks trained on together: each image is seen this many times
-    batch_size: int = 64  # images per optimizer step
+    batch_size: int = BATCH_SIZE  # images per optimizer step
     lr: float = 1e-3  # Adam peak learning rate of every layer group
     weight_decay: float = 0.0  # Adam L2 penalty
     warmup: float = 0.1  # one-cycle: share of the steps spent raising the rate
@@ -56,8 +56,11 @@ class PretrainConfig:
         """Optimizer steps of chunk ``chunk`` (it and up to replay - 1 chunks before it)."""
         return math.ceil(self.chunk_images * min(chunk + 1, self.replay) / self.batch_size)
 
-    def total_steps(self) -> int:
-        return sum(self.chunk_steps(c) for c in range(self.chunks))
+    def total_steps(self, chunks: int | None = None) -> int:
+        """Optimizer steps of the first ``chunks`` chunks (default: the whole run)."""
+        return sum(self.chunk_steps(c) for c in range(self.chunks if chunks is None else chunks))
 
-    def images_seen(self) -> int:
-        return sum(self.chunk_images * min(c + 1, self.replay) for c in range(self.chunks))
+    def images_seen(self, chunks: int | None = None) -> int:
+        """Images trained on (replays counted) in the first ``chunks`` chunks (default: all)."""
+        done = self.chunks if chunks is None else chunks
+        return sum(self.chunk_images * min(c + 1, self.replay) for c in range(done))

@@ -32,10 +32,10 @@ EVERY_COMMAND = {
 def test_registry_lists_every_command_with_its_module() -> None:
     assert set(COMMANDS) == EVERY_COMMAND
     modules = {p.stem for p in (REPO / "lensing" / "cli").glob("*.py")}
-    assert modules == EVERY_COMMAND | {"__init__", "options"}
+    assert modules == EVERY_COMMAND | {"__init__", "options", "choice"}
     for name in COMMANDS:
         module = command_module(name)
-        assert callable(module.build_parser) and callable(module.run), name
+        assert callable(module.build_parser) and callable(module.handle), name
 
 
 def test_help_lists_every_command(capsys: pytest.CaptureFixture) -> None:

@@ -13,20 +13,20 @@ from pathlib import Path
 import pytest
 
 from lensing.cli import choice
-from lensing.cli.run import PROFILES, describe_plan
+from lensing.cli.run import BUDGETS, describe_plan
 from lensing.core import constants
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = {"train": 2, "val": 1, "test": 1}  # images per class the job simulates here
 
 # ``python -m lensing run`` in a process of its own, with papermill's execute_notebook replaced
-# by a function that records its arguments (and writes no notebook) and the quick profile's
+# by a function that records its arguments (and writes no notebook) and the quick budget's
 # simulated set shrunk to TINY.
 JOB = """
 import json, sys
 import papermill
 from lensing.cli import main
-from lensing.cli.run import PROFILES
+from lensing.cli.run import BUDGETS
 
 record, tiny = sys.argv[1], json.loads(sys.argv[2])
 
@@ -36,7 +36,7 @@ def execute_notebook(input_path, output_path, parameters=None, **options):
                    "cwd": options.get("cwd")}, f)
 
 papermill.execute_notebook = execute_notebook
-PROFILES["quick"]["simulate"] = tiny
+BUDGETS["quick"]["simulate"] = tiny
 sys.exit(main(["run", *sys.argv[3:]]))
 """
 
@@ -120,15 +120,15 @@ def test_main_job_without_the_real_set_simulates_into_data_simulated(tmp_path):
     assert parameters["models_dir"] == str(tmp_path / "models")
     assert parameters["reports_dir"] == str(tmp_path / "reports")
     assert parameters["perform_grid_search"] is True and parameters["seed"] == 3
-    quick = PROFILES["quick"]["parameters"]
-    for key in ("grid", "epochs_per_combination", "additional_epochs", "batch_size"):
+    quick = BUDGETS["quick"]["parameters"]
+    for key in ("grid", "epochs_per_combination", "additional_epochs"):
         assert parameters[key] == quick[key], key
     # The repository's notebook, executed into reports/ under LENSING_ROOT.
     assert Path(papermill["input"]).is_file()
     assert Path(papermill["input"]).name == "classification_notebook.ipynb"
     assert papermill["output"] == str(tmp_path / "reports" / "classification_notebook.ipynb")
     # The plan, with the counts simulated.
-    plan = next(line for line in out.splitlines() if line.startswith("Plan (quick profile)"))
+    plan = next(line for line in out.splitlines() if line.startswith("Plan (quick budget)"))
     assert "SIMULATED" in plan.upper() and "2 / 1 / 1 images per class" in plan
     # The last word is the verdict on the test metrics; papermill is stubbed and wrote none.
     assert out.splitlines()[-1].startswith("No verdict: ")
@@ -141,7 +141,7 @@ def test_main_job_with_the_real_set_uses_it_and_simulates_nothing(tmp_path, writ
     assert papermill["parameters"]["data_dir"] == str(real)
     assert papermill["parameters"]["seed"] == 0
     assert not (tmp_path / "data" / "simulated").exists()
-    plan = next(line for line in out.splitlines() if line.startswith("Plan (quick profile)"))
+    plan = next(line for line in out.splitlines() if line.startswith("Plan (quick budget)"))
     assert "REAL" in plan.upper() and "SIMULATED" not in out.upper()
 
 
@@ -172,7 +172,7 @@ def test_describe_plan_gives_the_counts_and_the_expected_times():
     plan = describe_plan("quick", "cpu-fp32", {"train": 400, "val": 100, "test": 150}, "simulated")
     lines = plan.splitlines()
     assert lines[0] == (
-        "Plan (quick profile): simulated data, 400 / 100 / 150 images per class "
+        "Plan (quick budget): simulated data, 400 / 100 / 150 images per class "
         "(train / val / test); 1 combination(s) x 6 epochs: 7,200 training images seen; "
         "test with D4 averaging."
     )

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
+from lensing import simulate
 from lensing.cli import main as lensing_main
-from lensing.core import constants, simulate
+from lensing.core import constants
 from lensing.core.constants import CLASSES, MANIFEST
 from lensing.simulate import (
     DEFAULT_PRESET,
@@ -94,8 +95,8 @@ def test_manifest_records_preset_seed_counts_and_versions(tiny_set):
     assert manifest["counts"] == TINY
     assert manifest["classes"] == list(CLASSES)
     assert manifest["image_shape"] == [1, 150, 150] and manifest["dtype"] == "float64"
-    assert manifest["recipe"] == json.loads(json.dumps(dataclasses.asdict(TEST_I)))
-    assert manifest["recipe"]["substructure_mass"] == TEST_I.substructure_mass
+    assert manifest["parameters"] == json.loads(json.dumps(dataclasses.asdict(TEST_I)))
+    assert manifest["parameters"]["substructure_mass"] == TEST_I.substructure_mass
     assert manifest["versions"]["lenstronomy"] == lenstronomy.__version__
     assert manifest["versions"]["numpy"] == np.__version__
     assert manifest["complete"] is True
