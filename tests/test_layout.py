@@ -9,9 +9,10 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lensing"
 MAX_TOP_LEVEL, MAX_MODULE_LINES, MAX_FUNCTION_LINES = 10, 400, 80
-# Each subpackage's layer (docs/design.md, Layers): a module may import its own subpackage and lower layers only.
-# training and evaluation share a layer and so may not import each other. The package's own
-# __init__ re-exports constants only and counts as core; __main__ is the command line.
+# Each subpackage's layer (docs/design.md, Layers): a module may import its own subpackage and
+# lower layers only. training and evaluation share a layer and so may not import each other.
+# The package's own __init__ re-exports constants only and counts as core; __main__ is the
+# command line.
 LAYERS = {
     "core": 1,
     "data": 2,

@@ -1,6 +1,9 @@
 """``python -m lensing evaluate``: test AUC, ROC curves and confusion matrix of a checkpoint.
 
-The work (``lensing.evaluation.evaluate``) is imported only when the command runs.
+It writes ``metrics.json``, ``calibration.json`` (the temperature fitted on the validation
+split, with the SHA-256 of the checkpoint it belongs to, for ``predict``) and ``figures/``
+into ``--out``; the checkpoint is only read. The work (``lensing.evaluation.evaluate``) is
+imported only when the command runs.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m lensing evaluate",
         description="Test AUC (with a bootstrap 95%% interval), accuracy, ROC curves and "
-        "confusion matrix of a saved model.",
+        "confusion matrix of a saved model. The checkpoint is only read: the temperature "
+        "fitted on the validation split goes to calibration.json in --out, where `python -m "
+        "lensing predict` finds it.",
     )
     parser.add_argument("--data", required=True, type=Path, help="data set root")
     parser.add_argument(
@@ -28,7 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--split", default="test", choices=SPLITS)
     parser.add_argument(
-        "--out", type=Path, default=REPORTS_DIR, help="metrics.json and figures/ go here"
+        "--out",
+        type=Path,
+        default=REPORTS_DIR,
+        help="metrics.json, calibration.json and figures/ go here (%(default)s)",
     )
     parser.add_argument(
         "--tta", action="store_true", help="average over the 8 rotations and flips"
@@ -48,9 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
+def handle(args: argparse.Namespace) -> int:
     """Evaluate with the parsed options, print the metrics; returns the exit code."""
-    from lensing.evaluation.evaluate import evaluate_checkpoint, format_markdown
+    from lensing.evaluation.evaluate import (
+        CALIBRATION_JSON,
+        METRICS_JSON,
+        evaluate_checkpoint,
+        format_markdown,
+    )
 
     metrics = evaluate_checkpoint(
         args.data,
@@ -65,5 +78,9 @@ def run(args: argparse.Namespace) -> int:
         explain=args.explain,
     )
     print(format_markdown(metrics))
-    print(f"\nwrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'figures'}/")
+    out = Path(args.out)
+    print(
+        f"\nwrote {out / METRICS_JSON}, {out / CALIBRATION_JSON} (temperature "
+        f"{metrics['calibration']['temperature']:.4g}) and {out / 'figures'}/"
+    )
     return EXIT_OK

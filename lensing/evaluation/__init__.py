@@ -4,7 +4,7 @@
 - :mod:`~lensing.evaluation.calibration`: ECE and temperature scaling;
 - :mod:`~lensing.evaluation.saliency`: Grad-CAM maps (captum);
 - :mod:`~lensing.evaluation.evaluate`: checkpoint -> metrics.json -> figures;
-- :mod:`~lensing.evaluation.classify`: new image files -> a table of predictions;
+- :mod:`~lensing.evaluation.predict`: new image files -> a table of predictions;
 - :mod:`~lensing.evaluation.figures`: every figure, and showing one in a notebook.
 
 Re-exported from lower layers: ``predict_split``, ``load_trained_model``
@@ -17,7 +17,7 @@ from lensing.core.lazy import lazy_exports
 _EXPORTS = {
     "evaluate_checkpoint": "evaluate",
     "format_markdown": "evaluate",
-    "classify_files": "classify",
+    "predict_files": "predict",
     "training_profile": "lensing.data.ood",
     "check_inputs": "lensing.data.ood",
     "predict_split": "lensing.model.inference",

@@ -8,16 +8,28 @@ over-confident model, T < 1 sharpens an under-confident one. Dividing all logits
 keeps their order, so the predicted class, the accuracy and every AUC stay exactly as they were.
 
 Everything here works on NumPy arrays (torch tensors are accepted and converted) in float64.
+
+A fitted temperature belongs to one model file, so it travels in a file of its own beside the
+reports, never inside the checkpoint (evaluating a model must leave it as it was):
+``write_calibration`` writes ``calibration.json`` (the temperature, the split and number of
+images it was fitted on, whether with TTA, the ECE before and after, and the SHA-256 of the
+checkpoint file it belongs to) and ``read_calibration`` reads one back, checked.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
+
+from lensing.core.atomic import atomic_write_json
+from lensing.data.archive import sha256_file
 
 N_BINS = 15  # equal-width confidence bins on [0, 1]
 # Search range of the temperature. Wide enough for any sane network (a fit at an end of it
@@ -28,6 +40,8 @@ TEMPERATURE_BOUNDS = (1e-2, 1e2)
 # gives a very negative but finite logit.
 _MIN_PROB = 1e-300
 _ROW_SUM_TOLERANCE = 1e-3  # probability rows must sum to 1 within this
+CALIBRATION_JSON = "calibration.json"  # evaluate writes it into its --out folder
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -185,6 +199,70 @@ def calibration_summary(
         "temperature_fitted_here": fitted_here,
         "n_bins": int(n_bins),
     }
+
+
+def checkpoint_sha256(checkpoint: str | Path) -> str:
+    """The SHA-256 (64 lower-case hex digits) of a checkpoint file's bytes: what ties a
+    calibration file to the model it was fitted for."""
+    return sha256_file(checkpoint)
+
+
+def stored_temperature(record: dict[str, Any]) -> float | None:
+    """The ``temperature`` of a record (a calibration file's, or a checkpoint's where an older
+    version of evaluate stored it) as a float, or None when it has none or one that is not a
+    finite number > 0."""
+    value = record.get("temperature")
+    if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
+        return None
+    return float(value) if np.isfinite(value) and value > 0 else None
+
+
+def write_calibration(path: str | Path, temperature: float, **record: Any) -> Path:
+    """Write a calibration file atomically: ``{"temperature": T, **record}`` as JSON.
+
+    record: at least ``checkpoint_sha256`` (``checkpoint_sha256`` of the model file T belongs
+    to); evaluate adds ``checkpoint`` (its path), ``split`` and ``n_images`` (what T was fitted
+    on), ``tta``, ``source`` ("fitted", or "checkpoint" for a temperature an older version
+    stored inside the checkpoint), and ``ece``, ``ece_calibrated``, ``ece_split``.
+    Raises ValueError for a temperature that is not a finite number > 0 or a bad hash.
+    """
+    data = {"temperature": float(temperature), **record}
+    _check_record(data, path)
+    return atomic_write_json(path, data)
+
+
+def read_calibration(path: str | Path) -> dict[str, Any]:
+    """A calibration file's record (``write_calibration``), checked: its ``temperature`` is a
+    finite number > 0 and its ``checkpoint_sha256`` 64 hex digits.
+
+    Raises ValueError naming the file when it cannot be read or is not such a record.
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ValueError(
+            f"cannot read calibration file {path} ({type(error).__name__}: {error}); expected "
+            f"the {CALIBRATION_JSON} that `python -m lensing evaluate` writes"
+        ) from error
+    _check_record(data, path)
+    return data
+
+
+def _check_record(data: Any, path: str | Path) -> None:
+    expected = f"expected a {CALIBRATION_JSON} as `python -m lensing evaluate` writes it"
+    if not isinstance(data, dict):
+        raise ValueError(f"calibration file {path} holds a {type(data).__name__}; {expected}")
+    if stored_temperature(data) is None:
+        raise ValueError(
+            f"calibration file {path}: temperature is {data.get('temperature')!r}, expected a "
+            f"finite number > 0; {expected}"
+        )
+    sha256 = data.get("checkpoint_sha256")
+    if not isinstance(sha256, str) or not _SHA256.match(sha256):
+        raise ValueError(
+            f"calibration file {path}: checkpoint_sha256 is {sha256!r}, expected 64 lower-case "
+            f"hex digits; {expected}"
+        )
 
 
 def check_probs(probs: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -1,29 +1,44 @@
 """Evaluating a saved model on one split: checkpoint -> probabilities -> metrics -> files.
 
 ``python -m lensing evaluate --data DIR --checkpoint FILE [--split test] [--out reports] [--tta]
-[--no-explain]`` writes ``<out>/metrics.json`` and ``<out>/figures/``: ROC curves, confusion
-matrix, training history, the reliability diagram before and after temperature scaling, the
-most confident mistakes and (unless --no-explain) class-activation maps; it prints a markdown
-table of the numbers. ``metrics.json`` also says how many images of the split lie outside the
-training data (``out_of_distribution``, :mod:`lensing.data.ood`).
+[--no-explain]`` writes ``<out>/metrics.json``, ``<out>/calibration.json`` and
+``<out>/figures/``: ROC curves, confusion matrix, training history, the reliability diagram
+before and after temperature scaling, the most confident mistakes and (unless --no-explain)
+class-activation maps; it prints a markdown table of the numbers. ``metrics.json`` also says
+how many images of the split lie outside the training data (``out_of_distribution``,
+:mod:`lensing.data.ood`).
+
+The checkpoint is only read, never written: the temperature fitted on the validation split goes
+to ``<out>/calibration.json`` with the SHA-256 of the checkpoint file it belongs to
+(:func:`lensing.evaluation.calibration.write_calibration`), where ``predict`` finds it
+(:mod:`lensing.evaluation.predict`). So a colleague's model or a read-only file can be
+evaluated and stays byte for byte as it was.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lensing.core.atomic import atomic_torch_save, atomic_write_json
+from lensing.core.atomic import atomic_write_json
 from lensing.core.constants import CLASSES, REPORTS_DIR
 from lensing.core.metrics import compute_metrics
 from lensing.core.runtime import pick_device, resolve_precision
 from lensing.data import ood
 from lensing.data.dataset import LensingDataset, provenance
 from lensing.data.stretch import stretch_of
-from lensing.evaluation.calibration import fit_temperature, logits_from_probs
+from lensing.evaluation.calibration import (
+    CALIBRATION_JSON,
+    checkpoint_sha256,
+    fit_temperature,
+    logits_from_probs,
+    stored_temperature,
+    write_calibration,
+)
 from lensing.evaluation.figures.explain import write_explanations
 from lensing.evaluation.figures.plots import plot_confusion, plot_history, plot_roc
 from lensing.evaluation.verdict import verdict
@@ -53,7 +68,7 @@ def evaluate_checkpoint(
     data_dir: data set root (``train/``, ``val/``, optionally ``test/``).
     checkpoint: a ``best_model.pth`` or rolling ``checkpoint.pth`` (its ``model``: weights).
     split: "train", "val" or "test".
-    out_dir: where ``metrics.json`` and ``figures/`` go.
+    out_dir: where ``metrics.json``, ``calibration.json`` and ``figures/`` go.
     tta: average predictions over the 8 rotations and flips.
     batch_size, device, precision: see ``lensing.model.inference.predict``.
     n_bootstrap: resamples for the macro AUC's 95% interval.
@@ -67,11 +82,13 @@ def evaluate_checkpoint(
     ``pretrained`` (bool, or None when the checkpoint does not say), ``weights`` (see
     ``weights_of``), ``split``, ``n_images``, ``checkpoint`` (path), ``tta``, ``precision``,
     ``calibration`` ({ece, ece_calibrated, temperature}: the expected calibration error before
-    and after temperature scaling, the temperature fitted on the validation split and stored
-    in the checkpoint for ``predict``) and ``out_of_distribution`` (the split's images outside
-    the training data; see ``out_of_distribution``).
+    and after scaling by the temperature fitted on the validation split, which
+    ``record_calibration`` also writes to ``<out_dir>/calibration.json`` for ``predict``) and
+    ``out_of_distribution`` (the split's images outside the training data; see
+    ``out_of_distribution``). The checkpoint is only read, never written.
     """
     out_dir = Path(out_dir)
+    sha256 = checkpoint_sha256(checkpoint)  # of the bytes the model is loaded from
     model, state = load_trained_model(checkpoint)
     torch_device = pick_device(device)
     options = {
@@ -97,19 +114,15 @@ def evaluate_checkpoint(
         out_of_distribution=out_of_distribution(state, dataset),
         subset_per_class=sizes.get(split),
     )
-    temperature = validation_temperature(
-        model,
-        state,
-        checkpoint,
-        lambda: LensingDataset(data_dir, "val", per_class=sizes.get("val")),
-        options,
-    )
+    load_val = partial(LensingDataset, data_dir, "val", per_class=sizes.get("val"))
+    fitted = validation_temperature(model, state, load_val, options)
     figures = out_dir / "figures"
     explained = (model, dataset, labels, probs, figures)
     summary = write_explanations(
-        *explained, temperature=temperature, saliency=explain, stretch=options["stretch"]
+        *explained, temperature=fitted["temperature"], saliency=explain, stretch=options["stretch"]
     )
     metrics["calibration"] = {key: summary[key] for key in CALIBRATION_KEYS}
+    record_calibration(out_dir / CALIBRATION_JSON, fitted, metrics, sha256)
     atomic_write_json(out_dir / METRICS_JSON, metrics)
     _plot_results(metrics, labels, probs, state, figures)
     return metrics
@@ -126,24 +139,51 @@ def _plot_results(metrics: dict, labels, probs, state: dict[str, Any], figures: 
 def validation_temperature(
     model: torch.nn.Module,
     state: dict[str, Any],
-    checkpoint: str | Path,
     load_val: Callable[[], Any],
     options: dict[str, Any],
-) -> float:
-    """The softmax temperature fitted on the validation split (never the test split).
+) -> dict[str, Any]:
+    """The softmax temperature fitted on the validation split (never the test split), and what
+    it was fitted on: {"temperature", "source", "split", "n_images"}, with the TTA of
+    ``options["tta"]``.
 
     load_val: returns the validation split; called only when no stored temperature fits.
-    It is stored in the checkpoint (``temperature``, with the ``temperature_tta`` it was fitted
-    with), written atomically, so ``predict`` reports calibrated probabilities too; a stored
-    one fitted the same way is reused.
+    A temperature that an older version of evaluate stored inside the checkpoint
+    (``temperature``, with the ``temperature_tta`` it was fitted with) is reused when fitted
+    the same way: source "checkpoint", n_images None (not recorded). Otherwise it is fitted
+    here: source "fitted". Nothing is written; ``record_calibration`` writes it down.
     """
-    if state.get("temperature_tta") == bool(options["tta"]) and "temperature" in state:
-        return float(state["temperature"])
+    tta = bool(options["tta"])
+    stored = stored_temperature(state)
+    if stored is not None and state.get("temperature_tta") == tta:
+        return {"temperature": stored, "source": "checkpoint", "split": "val", "n_images": None}
     probs, labels = predict_split(model, load_val(), **options)
     temperature = fit_temperature(logits_from_probs(probs), labels)
-    state |= {"temperature": temperature, "temperature_tta": bool(options["tta"])}
-    atomic_torch_save(state, checkpoint)
-    return temperature
+    return {"temperature": temperature, "source": "fitted", "split": "val", "n_images": len(probs)}
+
+
+def record_calibration(
+    path: Path, fitted: dict[str, Any], metrics: dict[str, Any], sha256: str
+) -> Path:
+    """Write the calibration file ``path`` (``calibration.json``) atomically: the temperature
+    and what it was fitted on (``fitted``, from ``validation_temperature``), the evaluated
+    checkpoint (``checkpoint``, its SHA-256 ``checkpoint_sha256``: ``predict`` uses the
+    temperature only for a file with these very bytes), and the ECE before and after scaling
+    on the evaluated split (``ece``, ``ece_calibrated``, ``ece_split``, ``ece_n_images``)."""
+    calibration = metrics["calibration"]
+    return write_calibration(
+        path,
+        fitted["temperature"],
+        checkpoint=metrics["checkpoint"],
+        checkpoint_sha256=sha256,
+        source=fitted["source"],
+        split=fitted["split"],
+        n_images=fitted["n_images"],
+        tta=metrics["tta"],
+        ece=calibration["ece"],
+        ece_calibrated=calibration["ece_calibrated"],
+        ece_split=metrics["split"],
+        ece_n_images=metrics["n_images"],
+    )
 
 
 def out_of_distribution(state: dict[str, Any], dataset: Any) -> dict[str, Any]:

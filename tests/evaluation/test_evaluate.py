@@ -21,6 +21,7 @@ from lensing.evaluation.calibration import (
     TEMPERATURE_BOUNDS,
     fit_temperature,
     logits_from_probs,
+    read_calibration,
 )
 from lensing.evaluation.evaluate import evaluate_checkpoint
 from lensing.model.checkpoint import load_checkpoint
@@ -305,6 +306,8 @@ def test_evaluate_checkpoint_writes_metrics_and_figures(small_set, tiny_model, t
     for name in ("reliability.png", "mistakes.png", "saliency.png"):
         assert (out / "figures" / name).read_bytes().startswith(PNG_MAGIC), name
     assert set(saved["calibration"]) == {"ece", "ece_calibrated", "temperature"}
+    record = read_calibration(out / "calibration.json")
+    assert record["temperature"] == saved["calibration"]["temperature"]
 
 
 def evaluate_quietly(root: Path, checkpoint: Path, out: Path, **options) -> dict:
@@ -313,7 +316,7 @@ def evaluate_quietly(root: Path, checkpoint: Path, out: Path, **options) -> dict
     return evaluate_checkpoint(root, checkpoint, out_dir=out, **(defaults | options))
 
 
-def test_the_temperature_is_fitted_on_val_only_and_stored_with_the_model(
+def test_the_temperature_is_fitted_on_val_only_and_written_beside_the_metrics(
     trained, tmp_path
 ) -> None:
     # A copy of the data whose test labels are all wrong (each class folder renamed to the
@@ -334,12 +337,16 @@ def test_the_temperature_is_fitted_on_val_only_and_stored_with_the_model(
     assert on_test > 4 * on_val  # the splits give clearly different temperatures
 
     checkpoint = trained.copy_checkpoint(tmp_path / "model")
+    before = checkpoint.read_bytes()
     metrics = evaluate_quietly(root, checkpoint, tmp_path / "r")
     assert metrics["split"] == "test" and metrics["accuracy"] < 1 / 3  # the wrong labels
     assert metrics["calibration"]["temperature"] == pytest.approx(on_val, rel=1e-6)
-    stored = load_checkpoint(checkpoint)
-    assert stored["temperature"] == pytest.approx(on_val, rel=1e-6)
-    assert stored["temperature_tta"] is False
+    record = read_calibration(tmp_path / "r" / "calibration.json")
+    assert record["temperature"] == metrics["calibration"]["temperature"]
+    assert (record["split"], record["n_images"]) == ("val", len(trained.labels["val"]))
+    assert record["tta"] is False and record["source"] == "fitted"
+    assert checkpoint.read_bytes() == before  # the model file is left as it was
+    assert "temperature" not in load_checkpoint(checkpoint)
     assert not (tmp_path / "r" / "figures" / "saliency.png").exists()  # --no-explain
 
 
@@ -364,17 +371,21 @@ def spy_on_refits(monkeypatch) -> tuple[list[tuple[int, float]], list[str]]:
 
 
 @pytest.mark.slow
-def test_a_stored_temperature_is_reused_with_the_same_tta_and_refitted_with_the_other(
+def test_a_temperature_stored_by_an_older_evaluate_is_reused_with_the_same_tta_only(
     trained, tmp_path, monkeypatch
 ) -> None:
-    # A temperature no fit here would give, stored as fitted with TTA.
+    # A temperature no fit here would give, stored inside the checkpoint as older versions of
+    # evaluate did, fitted with TTA.
     checkpoint = trained.copy_checkpoint(tmp_path, temperature=1.2345, temperature_tta=True)
+    before = checkpoint.read_bytes()
     fits, loaded = spy_on_refits(monkeypatch)
     sizes = {"per_class": {"test": 1, "val": 2}}  # 3 test and 6 val images: TTA is 8x the work
     reused = evaluate_quietly(trained.root, checkpoint, tmp_path / "r1", tta=True, **sizes)
     assert reused["calibration"]["temperature"] == 1.2345
     assert fits == [] and loaded == ["test"]  # no refit, val not even loaded
-    assert load_checkpoint(checkpoint)["temperature"] == 1.2345
+    record = read_calibration(tmp_path / "r1" / "calibration.json")
+    assert record["temperature"] == 1.2345 and record["source"] == "checkpoint"
+    assert record["n_images"] is None and record["tta"] is True
 
     refitted = evaluate_quietly(trained.root, checkpoint, tmp_path / "r2", tta=False, **sizes)
     assert loaded == ["test", "test", "val"]
@@ -382,12 +393,11 @@ def test_a_stored_temperature_is_reused_with_the_same_tta_and_refitted_with_the_
     temperature = fits[0][1]
     assert temperature != pytest.approx(1.2345)
     assert refitted["calibration"]["temperature"] == temperature
-    stored = load_checkpoint(checkpoint)
-    assert stored["temperature"] == temperature and stored["temperature_tta"] is False
-
-    again = evaluate_quietly(trained.root, checkpoint, tmp_path / "r3", tta=False, **sizes)
-    assert len(fits) == 1 and loaded == ["test", "test", "val", "test"]  # reused in turn
-    assert again["calibration"]["temperature"] == temperature
+    record = read_calibration(tmp_path / "r2" / "calibration.json")
+    assert record["temperature"] == temperature and record["source"] == "fitted"
+    assert (record["n_images"], record["tta"]) == (6, False)
+    # Nothing is stored back: the checkpoint keeps its old temperature, byte for byte.
+    assert checkpoint.read_bytes() == before
 
 
 def test_cli_prints_a_markdown_table(small_set, tiny_model, tmp_path, capsys) -> None:

@@ -37,7 +37,7 @@ def test_noise_is_at_chance_and_the_verdict_says_not_learned() -> None:
     assert at_chance(metrics)
     text = verdict(metrics)
     assert text.startswith("This model has NOT learned the classes")
-    assert "cannot be told from chance" in text and "--profile full" in text
+    assert "cannot be told from chance" in text and "--budget full" in text
 
 
 def test_a_model_that_puts_everything_in_one_class_is_called_out() -> None:

@@ -38,7 +38,7 @@ CHROMIUM_ARGS = [
 ]
 # The cells of the results section, each known by a call in its source: from the test
 # evaluation to the classification of new images.
-RESULTS_FIRST, RESULTS_LAST = "evaluate.evaluate_checkpoint(", "classify_files(best_path"
+RESULTS_FIRST, RESULTS_LAST = "evaluate.evaluate_checkpoint(", "predict_files(best_path"
 
 
 def render_html(executed: Path, out_dir: Path) -> Path:

@@ -139,7 +139,7 @@ def test_notebook_runs_end_to_end(searched):
     text = check_outputs_as_seen(first)
     # Two trials, each building a model: the fallback is still said only once.
     assert text.count(WEIGHTS_MESSAGE) == 1
-    classify = code_cell(first, "classify_files(best_path")
+    classify = code_cell(first, "predict_files(best_path")
     html = "".join(
         "".join(o["data"].get("text/html", "")) for o in classify["outputs"] if "data" in o
     )

@@ -299,7 +299,7 @@ def write_explanations(
         averaging, the averaged ones).
     figures_dir: folder for saliency.png, reliability.png and mistakes.png.
     classes: C class names.
-    temperature: T stored with the model (fitted on the validation split); None fits it on
+    temperature: T fitted on the validation split (evaluate's calibration.json); None fits it on
         these items (see ``lensing.evaluation.calibration.calibration_summary``).
     n_mistakes: mistakes shown.
     saliency: also compute the class-activation maps and write saliency.png (the slow part).

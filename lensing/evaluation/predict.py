@@ -5,9 +5,10 @@ Its command line, ``python -m lensing predict INPUT...`` (options and exit codes
 
 INPUTs are image files (``.npy``, ``.fits``, ``.fit``, ``.fits.gz``) and folders, searched
 recursively (:func:`lensing.data.readers.image.find_images`). Every file gets a row: ``path``,
-``predicted`` (a class name), ``p_no``, ``p_sphere``, ``p_vort`` (summing to 1), then
-``pc_no``, ``pc_sphere``, ``pc_vort`` when the checkpoint holds a fitted ``temperature``
-(softmax(log p / T), T applied as stored, whether it was fitted with TTA or without), then
+``predicted`` (a class name), ``p_no``, ``p_sphere``, ``p_vort`` (summing to 1), then the
+calibrated ``pc_no``, ``pc_sphere``, ``pc_vort`` when a temperature T is known for the
+checkpoint (softmax(log p / T), T applied as recorded, whether it was fitted with TTA or
+without; see "Which temperature" below), then
 ``error`` (why the file could not be classified; empty when it was), ``notes`` (what was
 done to its pixels: filled, resampled; and each statistic on which the image lies outside the
 training images, e.g. "zero-pixel share 0.44 (training <= 0.0013)", see
@@ -18,13 +19,30 @@ travels with the prediction. A file that cannot be classified never stops the ru
 read and classified a batch at a time, so memory follows ``--batch-size``, not the number of
 files. The checkpoint's input stretch is applied, so a file's probabilities are those
 ``evaluate`` computes for the same image at the same precision.
+
+Which temperature (:func:`choose_temperature`): ``evaluate`` writes the temperature it fits on
+the validation split to ``calibration.json`` in its output folder, with the SHA-256 of the
+checkpoint file; the checkpoint itself is never changed. The first of these that applies gives
+T:
+
+1. the calibration file named (``--calibration FILE``; one that cannot be read is an error), or
+   else the first of ``calibration.json`` beside the checkpoint and ``reports/calibration.json``
+   (:data:`lensing.core.constants.REPORTS_DIR`), provided its ``checkpoint_sha256`` is the
+   SHA-256 of this very checkpoint file; a file of another checkpoint (retrained, copied
+   from elsewhere) is passed over, and the run says so;
+2. a ``temperature`` stored inside the checkpoint, as versions of ``evaluate`` before
+   ``calibration.json`` did;
+3. none: the probabilities are uncalibrated and there are no ``pc_`` columns.
+
+The frame's ``attrs["temperature"]`` holds the :class:`Temperature` applied, and
+:func:`calibration_line` says in words which one it was, or that there was none.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +51,7 @@ import pandas as pd
 import torch
 
 from lensing.core.atomic import atomic_write_bytes
-from lensing.core.constants import CLASSES, IMAGE_SIZE
+from lensing.core.constants import CLASSES, IMAGE_SIZE, REPORTS_DIR
 from lensing.core.progress import bar
 from lensing.core.runtime import pick_device, resolve_precision
 from lensing.data import ood
@@ -45,17 +63,25 @@ from lensing.data.readers.image import (
     read_image,
 )
 from lensing.data.stretch import stretch_of
-from lensing.evaluation.calibration import apply_temperature, logits_from_probs
+from lensing.evaluation.calibration import (
+    CALIBRATION_JSON,
+    apply_temperature,
+    checkpoint_sha256,
+    logits_from_probs,
+    read_calibration,
+    stored_temperature,
+)
 from lensing.model.inference import batch_probabilities, load_trained_model
 
 PROB_COLUMNS = tuple(f"p_{name}" for name in CLASSES)
 CALIBRATED_COLUMNS = tuple(f"pc_{name}" for name in CLASSES)
 
 
-def classify_files(
+def predict_files(
     checkpoint: str | Path,
     inputs: str | Path | Sequence[str | Path],
     *,
+    calibration: str | Path | None = None,
     tta: bool = False,
     batch_size: int = 64,
     device: str | torch.device = "auto",
@@ -71,6 +97,8 @@ def classify_files(
     ----------
     checkpoint: a ``best_model.pth`` written by training (``load_trained_model``).
     inputs: a file or folder, or a list of them; folders are searched recursively.
+    calibration: the ``calibration.json`` whose temperature gives the ``pc_`` columns; None:
+        the one beside the checkpoint, else ``reports/calibration.json`` (module docstring).
     tta: average over the 8 rotations and flips of each image (8 times the work).
     batch_size: images read and classified at once (int >= 1); bounds the memory used.
     device: "auto", "cpu", "cuda[:N]", "mps" or a torch.device.
@@ -84,8 +112,9 @@ def classify_files(
     DataFrame with the columns of the module docstring, in the order ``find_images`` lists
     the files, then one row per problem it met (missing input, FIFO, symlink loop, ...).
     Probabilities are float64 and NaN, ``predicted`` empty, on a row with an ``error``.
+    ``attrs["temperature"]``: the :class:`Temperature` applied (``calibration_line``).
     Raises CheckpointError or ValueError when the checkpoint cannot be used, ValueError for a
-    bad argument.
+    bad argument or a named calibration file that cannot be read.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size {batch_size!r}; expected an int >= 1")
@@ -93,7 +122,7 @@ def classify_files(
     precision = resolve_precision(precision, torch_device)
     model, state = load_trained_model(checkpoint)
     model.to(torch_device).eval()
-    temperature = checkpoint_temperature(state)
+    temperature = choose_temperature(checkpoint, state, calibration)
     profile = ood.profile_of(state)
     files, problems = find_images(
         inputs if isinstance(inputs, str | os.PathLike) else list(inputs)
@@ -111,20 +140,108 @@ def classify_files(
     with torch.inference_mode():
         for start in shown:
             batch = files[start : start + batch_size]
-            rows += _classify_batch(
+            rows += _predict_batch(
                 model, batch, read_options, state, torch_device, precision, tta, profile
             )
     rows += [_refused_row(path, reason) for path, reason in problems]
-    return _frame(rows, temperature)
+    frame = _frame(rows, temperature.value)
+    frame.attrs["temperature"] = temperature
+    return frame
 
 
-def checkpoint_temperature(state: dict[str, Any]) -> float | None:
-    """The softmax temperature a checkpoint holds (fitted on validation by ``evaluate``), or
-    None when it holds none or one that is not a finite number > 0."""
-    value = state.get("temperature")
-    if isinstance(value, bool) or not isinstance(value, int | float | np.floating):
-        return None
-    return float(value) if math.isfinite(value) and value > 0 else None
+@dataclass(frozen=True)
+class Temperature:
+    """The softmax temperature predictions are calibrated with, and where it came from.
+
+    value: T > 0, or None: uncalibrated (no ``pc_`` columns).
+    source: the calibration file T was read from, "checkpoint" (stored inside it by an older
+        ``evaluate``), or "" when there is none.
+    fitted_on: how T was fitted, in words ("val, 300 images, with TTA"), or "".
+    passed_over: one sentence per calibration file found but not used, saying why.
+    """
+
+    value: float | None
+    source: str = ""
+    fitted_on: str = ""
+    passed_over: tuple[str, ...] = ()
+
+
+def choose_temperature(
+    checkpoint: str | Path, state: dict[str, Any], calibration: str | Path | None = None
+) -> Temperature:
+    """The temperature for ``checkpoint`` (whose loaded record is ``state``), by the rule of
+    the module docstring: a calibration file fitted for this very file (``calibration``, or
+    None: ``default_calibration_files``), else one stored in the checkpoint, else none.
+
+    Raises ValueError when the named ``calibration`` file cannot be read or is not one.
+    """
+    named = calibration is not None
+    candidates = [Path(calibration)] if named else default_calibration_files(checkpoint)
+    passed_over, sha256 = [], None
+    for path in candidates:
+        if not named and not path.is_file():
+            continue
+        try:
+            record = read_calibration(path)
+        except ValueError as error:
+            if named:
+                raise
+            passed_over.append(f"ignored {path}: {error}")
+            continue
+        sha256 = sha256 or checkpoint_sha256(checkpoint)
+        if record["checkpoint_sha256"] == sha256:
+            return Temperature(
+                stored_temperature(record), str(path), _fitted_on(record), tuple(passed_over)
+            )
+        passed_over.append(
+            f"ignored {path}: fitted for another checkpoint file (SHA-256 "
+            f"{record['checkpoint_sha256'][:12]}..., {record.get('checkpoint', '?')}); "
+            f"{checkpoint} has {sha256[:12]}..."
+        )
+    stored = stored_temperature(state)
+    source = "checkpoint" if stored is not None else ""
+    return Temperature(stored, source, _fitted_on(state) if stored else "", tuple(passed_over))
+
+
+def default_calibration_files(checkpoint: str | Path) -> list[Path]:
+    """Where predict looks for a calibration file when none is named: ``calibration.json``
+    beside the checkpoint, then in ``reports/`` (``evaluate``'s default ``--out``)."""
+    beside = Path(checkpoint).parent / CALIBRATION_JSON
+    reports = REPORTS_DIR / CALIBRATION_JSON
+    return [beside] if beside.resolve() == reports.resolve() else [beside, reports]
+
+
+def calibration_line(frame: pd.DataFrame) -> str:
+    """One line (two or more when calibration files were passed over): which temperature the
+    ``pc_`` columns of ``frame`` (from ``predict_files``) use, or that there are none."""
+    temperature = frame.attrs.get("temperature") or Temperature(None)
+    lines = list(temperature.passed_over)
+    columns = ", ".join(CALIBRATED_COLUMNS)
+    if temperature.value is None:
+        lines.append(
+            "probabilities uncalibrated (no temperature for this checkpoint; `python -m lensing "
+            f"evaluate` fits one): no {columns} columns"
+        )
+        return "\n".join(lines)
+    where = (
+        "stored in the checkpoint"
+        if temperature.source == "checkpoint"
+        else f"from {temperature.source}"
+    )
+    how = f" (fitted on {temperature.fitted_on})" if temperature.fitted_on else ""
+    lines.append(f"calibrated with temperature {temperature.value:.4g} {where}{how}: {columns}")
+    return "\n".join(lines)
+
+
+def _fitted_on(record: dict[str, Any]) -> str:
+    """How a temperature was fitted, in words, from a calibration file's record or a
+    checkpoint's (``temperature_tta``); "" when it does not say."""
+    tta = record.get("tta", record.get("temperature_tta"))
+    n = record.get("n_images")
+    words = [str(record.get("split") or ("val" if tta is not None else ""))]
+    words += [f"{n} images"] if isinstance(n, int) else []
+    words += [] if tta is None else ["with TTA" if tta else "without TTA"]
+    return ", ".join(word for word in words if word)
 
 
 def write_predictions(frame: pd.DataFrame, path: str | Path) -> Path:
@@ -156,7 +273,7 @@ def distribution_line(frame: pd.DataFrame) -> str:
     return ood.summary_line(ood.summarize(notes.split("; ") for notes in read["notes"]))
 
 
-def _classify_batch(
+def _predict_batch(
     model, paths, read_options, state, device, precision, tta, profile
 ) -> list[dict]:
     """The rows of one batch of files: read each, classify and check those that could be read

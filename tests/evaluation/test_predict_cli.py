@@ -18,7 +18,7 @@ from astropy.io import fits
 
 from lensing.cli import main
 from lensing.core import atomic
-from lensing.evaluation.classify import PROB_COLUMNS, write_predictions
+from lensing.evaluation.predict import PROB_COLUMNS, write_predictions
 from lensing.training.fit import TrainConfig, fit
 
 pytestmark = pytest.mark.slow  # a training run and a `python -m lensing` process

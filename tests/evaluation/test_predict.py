@@ -1,4 +1,4 @@
-"""``python -m lensing predict`` and classify_files: one row per file, the same numbers as
+"""``python -m lensing predict`` and predict_files: one row per file, the same numbers as
 evaluate, refusals as rows, the CSV written whole."""
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from lensing.core.constants import CLASSES, IMAGE_SIZE
 from lensing.core.metrics import compute_metrics
 from lensing.data.dataset import LensingDataset
 from lensing.evaluation.calibration import apply_temperature, logits_from_probs
-from lensing.evaluation.classify import (
+from lensing.evaluation.evaluate import evaluate_checkpoint
+from lensing.evaluation.predict import (
     CALIBRATED_COLUMNS,
     PROB_COLUMNS,
-    classify_files,
+    predict_files,
     write_predictions,
 )
-from lensing.evaluation.evaluate import evaluate_checkpoint
 from lensing.model.network import build_model
 
 N = IMAGE_SIZE
@@ -86,7 +86,7 @@ def probs_of(frame: pd.DataFrame, name: str) -> np.ndarray:
 
 
 def classify(checkpoint, inputs, **kwargs) -> pd.DataFrame:
-    return classify_files(checkpoint, inputs, device="cpu", precision="fp32", **kwargs)
+    return predict_files(checkpoint, inputs, device="cpu", precision="fp32", **kwargs)
 
 
 def test_every_layout_gives_the_probabilities_of_its_float_image(tmp_path, checkpoint, image):
@@ -126,9 +126,10 @@ def test_predict_equals_evaluate_on_a_split(tmp_path, trained, tta, monkeypatch)
         return real_metrics(labels, probs, **kwargs)
 
     monkeypatch.setattr(evaluate_module, "compute_metrics", spy)
-    # A stored temperature fitted the same way: evaluate reuses it (no fit on val) and predict
-    # adds the calibrated columns. The model's input stretch is "log": predictions that
-    # skipped the checkpoint's preprocessing would differ.
+    # A temperature stored the old way, fitted the same way: evaluate reuses it (no fit on val)
+    # and writes it to calibration.json, whence predict adds the calibrated columns. The
+    # model's input stretch is "log": predictions that skipped the checkpoint's preprocessing
+    # would differ.
     checkpoint = trained.copy_checkpoint(tmp_path, temperature=1.7, temperature_tta=tta)
     per_class = {"test": 1 if tta else 2}  # TTA is 8 times the work
     metrics = evaluate_checkpoint(
@@ -146,8 +147,10 @@ def test_predict_equals_evaluate_on_a_split(tmp_path, trained, tta, monkeypatch)
     dataset = LensingDataset(
         trained.root, "test", per_class=per_class["test"], cache=False, progress=False
     )
-    frame = classify(checkpoint, dataset.files, tta=tta, batch_size=4)
+    calibration = tmp_path / "reports" / "calibration.json"
+    frame = classify(checkpoint, dataset.files, tta=tta, batch_size=4, calibration=calibration)
     assert [Path(p) for p in frame["path"]] == dataset.files
+    assert frame.attrs["temperature"].source == str(calibration)
     (expected,) = scored
     predicted = frame[list(PROB_COLUMNS)].to_numpy()
     assert_allclose(predicted, expected, atol=ATOL)
@@ -302,6 +305,7 @@ def test_summary_line_and_exit_code(tmp_path, checkpoint, image, capsys):
 
 
 def test_calibrated_columns_from_the_checkpoint_temperature(tmp_path, checkpoint, image):
+    # A checkpoint into which an older version of evaluate stored its temperature.
     checkpoint = variant(checkpoint, tmp_path / "model.pth", temperature=2.5)
     np.save(tmp_path / "1.npy", image)
     np.save(tmp_path / "2.npy", image.T)
@@ -315,6 +319,7 @@ def test_calibrated_columns_from_the_checkpoint_temperature(tmp_path, checkpoint
     assert_allclose(calibrated[:2], expected / expected.sum(axis=1, keepdims=True), rtol=1e-12)
     assert np.isnan(calibrated[2]).all()  # the refused empty file has none
     assert (calibrated[:2].max(axis=1) < p.max(axis=1)).all()  # T > 1 tempers confidence
+    assert frame.attrs["temperature"].source == "checkpoint"
 
 
 def test_failures_that_stop_the_run_have_their_exit_codes(tmp_path, checkpoint, image, capsys):
