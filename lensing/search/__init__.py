@@ -20,11 +20,17 @@ anything that stops the process:
 - Several workers (processes, machines) started with the same ``--storage`` share one grid:
   each takes queued combinations one at a time, and each combination is trained by one only.
 
+The search uses Optuna's public API: each trial runs in ``Study.optimize`` (which takes the
+queued trial, beats its heartbeat and tells its end), dead workers' trials are failed with
+``Study.tell`` and retried by ``RetryHeartbeatStaleTrialCallback``. The few trial attributes
+Optuna writes for itself and offers no API for are read in ``optuna_attrs`` alone.
+
 The modules: ``grid`` (the grid file and :class:`Combo`), ``storage`` (the database),
 ``queueing`` (opening a study, its queue), ``study`` (reading it: :func:`results_table`),
-``recovery`` (dead workers, corrupt checkpoints), ``worker`` (the objective and the loop),
-``publish`` (the best model, :func:`continue_training`), ``driver``
-(:func:`run_search`), ``dashboard`` (optuna-dashboard over the study).
+``optuna_attrs`` (Optuna's own trial attributes), ``recovery`` (dead workers, corrupt
+checkpoints), ``worker`` (the objective and the loop), ``publish`` (the best model,
+:func:`continue_training`), ``driver`` (:func:`run_search`), ``dashboard`` (optuna-dashboard
+over the study).
 ``python -m lensing search`` is parsed in ``lensing.cli.search``.
 """
 

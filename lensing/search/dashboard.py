@@ -63,8 +63,8 @@ def read_studies(url: str) -> tuple[Any, list[tuple[str, int]]]:
     try:
         storage = open_storage(url, existing=True)
         studies = [
-            (s.study_name, len(storage.get_all_trials(s._study_id, deepcopy=False)))
-            for s in storage.get_all_studies()
+            (s.study_name, s.n_trials)
+            for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
         ]
     except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as error:
         # Optuna wraps the driver's error; its message names host, port and database but

@@ -33,7 +33,7 @@ from lensing.search.study import DEFAULT_STUDY, FINISHED, combos_by_state, study
 from lensing.search.worker import Objective, Worker
 from lensing.training.fit import TrainConfig
 
-DEFAULT_EPOCHS = 10  # epochs per combination
+DEFAULT_EPOCHS = TrainConfig.epochs  # epochs per combination: a training run's default
 STUDY_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # it names a folder too
 # TrainConfig fields that say where or on what a worker runs, not what it trains: workers that
 # share a study may differ in them. Every other field must match the study's first run.
@@ -99,13 +99,15 @@ def run_search(
     with _quiet_optuna():
         rdb = open_storage(url, heartbeat_interval, grace_period)
         base_config = _with_study_settings(rdb, study_name, base_config, log)
-        settings = _settings(epochs, prune, base_config)
-        study = open_study(rdb, study_name, grid, settings, prune, grace_period, hint)
+        template = _template(data_dir, out_dir, epochs, base_config)
+        study = open_study(rdb, study_name, grid, _settings(template, prune), prune,
+                           grace_period, hint)  # fmt: skip
         objective = Objective(
-            study, grid, Path(data_dir), out_dir, epochs, base_config, prune, log,
-            progress=progress and not quiet, datasets=datasets,
-        )  # fmt: skip
-        worker = Worker(objective, heartbeat_interval, grace_period)
+            study, grid, template, prune, log, progress=progress and not quiet, datasets=datasets
+        )
+        worker = Worker(
+            objective, heartbeat_interval, grace_period, rdb.get_heartbeat_stale_trial_callback()
+        )
         done = _finished(study, worker)
         log(
             f"study {study_name!r} in {redact(url)}: {done}/{grid_size(grid)} combinations "
@@ -180,10 +182,18 @@ def _with_study_settings(
     return adopted | base_config
 
 
-def _settings(epochs: int, prune: str, base_config: dict) -> dict[str, Any]:
-    """What a study's trials were trained with, apart from learning rates and environment."""
-    config = TrainConfig.from_dict(base_config | {"epochs": epochs})
-    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in ENVIRONMENT_KEYS}
+def _template(data_dir: str | Path, out_dir: Path, epochs: int, base_config: dict) -> TrainConfig:
+    """The TrainConfig every combination trains with, checked once: ``base_config`` with the
+    data folder, the epochs and ``resume`` on; ``out_dir`` is the search's models folder (a
+    combination replaces it with its trial folder, and the learning rates with its own)."""
+    chosen = {"data_dir": str(data_dir), "out_dir": str(out_dir), "epochs": epochs}
+    return TrainConfig.from_dict(base_config | chosen | {"resume": True})
+
+
+def _settings(template: TrainConfig, prune: str) -> dict[str, Any]:
+    """What a study's trials were trained with, apart from learning rates and environment: the
+    study's stored "settings"."""
+    fields = {k: v for k, v in dataclasses.asdict(template).items() if k not in ENVIRONMENT_KEYS}
     return json.loads(json.dumps(fields | {"prune": prune}, default=str))
 
 

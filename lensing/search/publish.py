@@ -19,7 +19,7 @@ from lensing.core.atomic import atomic_torch_save, atomic_write_json
 from lensing.core.constants import CLASSES, MODELS_DIR
 from lensing.model.checkpoint import BEST_MODEL, BEST_PARAMS, CHECKPOINT, load_checkpoint
 from lensing.search.grid import Combo
-from lensing.search.study import is_duplicate
+from lensing.search.study import stepped_aside
 from lensing.training.fit import TrainConfig, fit
 
 
@@ -39,7 +39,7 @@ def publish_best(study: optuna.Study, out_dir: str | Path) -> dict | None:
     completed = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.value is not None and not is_duplicate(t)
+        if t.value is not None and not stepped_aside(t)
     ]
     if not completed:
         return None
@@ -140,12 +140,16 @@ def continue_training(
     folder = trials_dir(out_dir, best["study"]) / best["trial_key"]
     rolling = load_checkpoint(folder / CHECKPOINT)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    fields = {k: v for k, v in rolling["config"].items() if k in known}
+    trained = TrainConfig.from_dict({k: v for k, v in rolling["config"].items() if k in known})
     done = int(rolling["epoch"])
-    fields |= {"epochs": done + additional_epochs, "resume": True, "out_dir": str(folder)}
-    if data_dir is not None:
-        fields["data_dir"] = str(data_dir)
-    result = fit(TrainConfig.from_dict(fields), datasets=datasets, progress=progress)
+    config = dataclasses.replace(
+        trained,
+        epochs=done + additional_epochs,
+        resume=True,
+        out_dir=str(folder),
+        data_dir=trained.data_dir if data_dir is None else str(data_dir),
+    )
+    result = fit(config, datasets=datasets, progress=progress)
     before = float(best["val_auc"])
     after = float(result["best_val_auc"])
     improved = after > before

@@ -5,11 +5,11 @@ grid and training settings, queues every combination once (``Study.enqueue_trial
 WAITING), then marks the study queued. A worker that finds the study already there waits for
 that mark before it reads the study; so two workers started together queue the grid once.
 
-Workers take queued trials with Optuna's WAITING -> RUNNING transition, which one worker only
-can win (a row lock on PostgreSQL, an immediate transaction on SQLite: see ``storage``). A
-combination can still be queued twice (two workers re-running a study with failed
-combinations at once both queue the retry); the second trial to start then finds the first
-running (or finished) and steps aside: :func:`holder`.
+Workers take queued trials with ``Study.ask`` (inside ``Study.optimize``), whose WAITING ->
+RUNNING transition one worker only can win (a row lock on PostgreSQL, an immediate transaction
+on SQLite: see ``storage``). A combination can still be queued twice (two workers re-running a
+study with failed combinations at once both queue the retry); the second trial to start then
+finds the first running (or finished) and steps aside: :func:`holder`.
 
 Studies begun by the version of this module that sampled the grid with Optuna's GridSampler
 (their trials carry ``grid_id``) resume too: their combinations without a trial are queued.
@@ -26,6 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lensing.core.constants import PRUNE_MODES, canonical_augmentation
 from lensing.search.grid import Combo, grid_combos, search_space, validate_grid
+from lensing.search.optuna_attrs import grid_sampler_space, is_grid_sampler_trial
 from lensing.search.recovery import requeue
 from lensing.search.study import is_duplicate, trial_combo
 
@@ -84,7 +85,7 @@ def open_study(
 def _wait_until_queued(study: optuna.Study, wait_s: float) -> None:
     deadline = time.monotonic() + wait_s
     while not study.user_attrs.get(QUEUED) and time.monotonic() < deadline:
-        if any("grid_id" in t.system_attrs for t in study.get_trials(deepcopy=False)):
+        if any(is_grid_sampler_trial(t) for t in study.get_trials(deepcopy=False)):
             return  # a GridSampler study: nobody is queueing it
         time.sleep(POLL_S)
 
@@ -117,9 +118,9 @@ def check_study(
     if stored_grid is None:
         # A study made outside this module: its trials' GridSampler spaces tell its grid.
         spaces = {
-            json.dumps(t.system_attrs["search_space"], sort_keys=True)
+            json.dumps(space, sort_keys=True)
             for t in study.get_trials(deepcopy=False)
-            if "search_space" in t.system_attrs
+            if (space := grid_sampler_space(t)) is not None
         }
         if spaces - {json.dumps(search_space(grid), sort_keys=True)}:
             raise SearchError(

@@ -3,8 +3,9 @@
 - A trial whose worker died without a word (SIGKILL, power loss, a restarted kernel) stays
   RUNNING in the database. Its worker records a heartbeat; a trial whose heartbeat is older than
   the grace period is failed (Optuna's ``fail_stale_trials``), and a trial whose worker process
-  on this same machine no longer exists is failed at once. Either way Optuna's retry callback
-  queues a copy with the same learning rates, which resumes the same folder's checkpoint.
+  on this same machine no longer exists is failed at once (``Study.tell``). Either way Optuna's
+  retry callback (``RetryHeartbeatStaleTrialCallback``) queues a copy with the same learning
+  rates, which resumes the same folder's checkpoint.
 - A combination left with failed trials only (Ctrl-C, an error, retries used up) is queued
   again by a user's re-run.
 - A checkpoint that cannot be read is moved aside (``*.corrupt-<time>``) and its combination
@@ -17,19 +18,22 @@ import os
 import socket
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
-from optuna.trial import TrialState
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
 
 from lensing.model.checkpoint import BEST_MODEL, CHECKPOINT
 from lensing.search.grid import Combo
 from lensing.search.storage import retry_callback
-from lensing.search.study import combo_state, group_trials, own_attr
+from lensing.search.study import combo_state, frozen_trial, group_trials, own_attr
 
 HOST = socket.gethostname()
+RetryCallback = Callable[[optuna.Study, FrozenTrial], None]  # queues a copy of a failed trial
 
 
 def alive(pid: Any) -> bool:
@@ -45,16 +49,19 @@ def alive(pid: Any) -> bool:
     return True
 
 
-def fail_dead_trials(study: optuna.Study, current: int | None = None) -> list[int]:
-    """Fail RUNNING trials whose worker is gone; the retry callback re-queues them.
+def fail_dead_trials(
+    study: optuna.Study, retry: RetryCallback | None, current: int | None = None
+) -> list[int]:
+    """Fail RUNNING trials whose worker is gone, and queue their retries; returns the failed
+    trials' numbers.
 
     Dead means: a worker process on this host that no longer exists (known at once), a trial
     of this very process other than ``current`` (left behind by an earlier, interrupted call in
     this process: one search runs at a time in a process), or a heartbeat older than the grace
-    period (any host). Returns the failed trials' numbers.
+    period (any host; Optuna's ``fail_stale_trials``). ``retry``: the callback the storage was
+    opened with (``RDBStorage.get_heartbeat_stale_trial_callback()``), called with each trial
+    failed here as Optuna calls it with each stale one.
     """
-    storage = study._storage
-    callback = storage.get_heartbeat_stale_trial_callback()
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = own_attr(trial, "worker")
@@ -62,21 +69,38 @@ def fail_dead_trials(study: optuna.Study, current: int | None = None) -> list[in
             continue
         if worker.get("pid") != os.getpid() and alive(worker.get("pid")):
             continue
-        try:
-            # What fail_stale_trials does for a stale heartbeat; Study.tell would run the
-            # sampler's after_trial hooks for a trial this process never ran.
-            if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-                failed.append(trial.number)
-                if callback is not None:
-                    callback(study, storage.get_trial(trial._trial_id))
-        except UpdateFinishedTrialError:
-            pass  # another worker got there first
+        dead = _fail(study, trial.number)
+        if dead is not None:
+            failed.append(trial.number)
+            if retry is not None:
+                retry(study, dead)
     before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
     after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
     return failed + sorted(after - before - set(failed))
+
+
+def _fail(study: optuna.Study, number: int) -> FrozenTrial | None:
+    """Tell Optuna a RUNNING trial failed; returns it failed, or None when another worker
+    finished it (or failed it) first."""
+    try:
+        return study.tell(number, state=TrialState.FAIL)
+    except (ValueError, UpdateFinishedTrialError):
+        # ValueError: it was finished when tell looked; UpdateFinishedTrialError: between
+        # tell's look and its write. Anything else is an error of its own.
+        if frozen_trial(study, number).state == TrialState.RUNNING:
+            raise
+        return None
+
+
+def retried_trial(trial: FrozenTrial) -> int | None:
+    """The number of the first trial ``trial`` retries (its copy, its copy's copy...), or None
+    for a trial that retries none: Optuna's ``retried_trial_number``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)  # experimental since Optuna 2.8
+        return RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
 
 
 def requeue(study: optuna.Study, combos: list[Combo], include_failed: bool) -> list[str]:

@@ -2,7 +2,9 @@
 
 A combination may have several trials: a retry after a dead worker (a new trial with the same
 learning rates, resuming the same folder), or a duplicate that found its combination taken and
-stepped aside (marked ``duplicate_of``). The table speaks for each combination once.
+stepped aside (marked ``duplicate_of``). The table speaks for each combination once. A *stray*
+trial, one ``Study.ask`` made fresh because another worker had just taken the last queued
+combination, has no combination at all (marked ``stray``): it belongs to no row.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lensing.core.constants import LAYER_GROUPS, MODELS_DIR
 from lensing.search.grid import Combo, grid_combos
+from lensing.search.optuna_attrs import queued_params
 from lensing.search.storage import SEARCH_DB, default_storage, load_study
 
 DEFAULT_STUDY = "lr_grid"  # Optuna study name; a new name starts a new search
@@ -24,16 +27,40 @@ STATES = ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")  # best first, for
 FINISHED = ("COMPLETE", "PRUNED")
 TABLE_COLUMNS = [f"lr_{g}" for g in LAYER_GROUPS]
 TABLE_COLUMNS += ["val_auc", "epochs", "state", "trial", "epochs_saved", "key"]
+STRAY = "stray"  # user attribute of a trial that found no queued combination and stepped aside
 
 
 def trial_combo(trial: FrozenTrial) -> Combo | None:
-    """The combination a trial trains: its params, or the params it was queued with; None
-    for a trial with neither."""
-    params = trial.params or trial.system_attrs.get("fixed_params") or {}
+    """The combination a trial trains: its params once it runs; before, the one it was queued
+    with (the user attribute ``key``, else the params Optuna queued it with). None for a trial
+    with none of them (a stray)."""
+    key = trial.user_attrs.get("key")
+    for combo in (_combo(trial.params), _key_combo(key), _combo(queued_params(trial))):
+        if combo is not None:
+            return combo
+    return None
+
+
+def _combo(params: dict[str, Any]) -> Combo | None:
     try:
         return Combo.from_params({k: v for k, v in params.items() if k.startswith("lr_")})
     except KeyError:
         return None
+
+
+def _key_combo(key: Any) -> Combo | None:
+    try:
+        return Combo.from_key(key) if isinstance(key, str) else None
+    except ValueError:
+        return None
+
+
+def frozen_trial(study: optuna.Study, number: int) -> FrozenTrial:
+    """The trial of ``study`` numbered ``number``, as stored now."""
+    for trial in study.get_trials(deepcopy=False):
+        if trial.number == number:
+            return trial
+    raise KeyError(f"study {study.study_name!r} has no trial {number}")
 
 
 def own_attr(trial: FrozenTrial, name: str) -> dict | None:
@@ -53,8 +80,14 @@ def is_duplicate(trial: FrozenTrial) -> bool:
     return own_attr(trial, "duplicate_of") is not None
 
 
+def stepped_aside(trial: FrozenTrial) -> bool:
+    """Whether the trial stepped aside untrained: a duplicate, or a stray without a
+    combination."""
+    return is_duplicate(trial) or own_attr(trial, STRAY) is not None
+
+
 def group_trials(trials: list[FrozenTrial]) -> dict[Combo, list[FrozenTrial]]:
-    """The trials of each combination, duplicates left out."""
+    """The trials of each combination, duplicates (and strays, which have none) left out."""
     by_combo: dict[Combo, list[FrozenTrial]] = {}
     for trial in trials:
         combo = trial_combo(trial)

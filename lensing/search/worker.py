@@ -1,10 +1,12 @@
 """One worker of a search: it takes queued combinations one at a time and trains each.
 
-Each combination trains with :func:`lensing.training.fit.fit` in ``<out>/trials/<study>/<key>/``,
-which keeps a rolling checkpoint every epoch, and reports its validation AUC after every epoch
-(``trial.report``), so a pruner can stop a lagging one. A retried trial has the same learning
-rates, so it lands in the same folder and resumes from the last finished epoch. While a trial
-runs, a thread records its heartbeat, by which other workers tell it is alive.
+Each trial runs in ``Study.optimize`` (one trial per call): Optuna takes the first queued trial,
+records its heartbeat in a thread while it trains, by which other workers tell it is alive, and
+tells how it ended. Each combination trains with :func:`lensing.training.fit.fit` in
+``<out>/trials/<study>/<key>/``, which keeps a rolling checkpoint every epoch, and reports its
+validation AUC after every epoch (``trial.report``), so a pruner can stop a lagging one. A
+retried trial has the same learning rates, so it lands in the same folder and resumes from the
+last finished epoch.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -20,9 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages import RetryHeartbeatStaleTrialCallback
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from lensing.core.constants import CLASSES, LAYER_GROUPS
 from lensing.data.dataset import load_splits
@@ -31,8 +30,15 @@ from lensing.search.grid import Combo, grid_combos, grid_size
 from lensing.search.publish import publish_best, trials_dir
 from lensing.search.queueing import holder
 from lensing.search.ranks import share_config
-from lensing.search.recovery import HOST, fail_dead_trials, quarantine, requeue
-from lensing.search.study import combos_by_state, trial_combo
+from lensing.search.recovery import (
+    HOST,
+    RetryCallback,
+    fail_dead_trials,
+    quarantine,
+    requeue,
+    retried_trial,
+)
+from lensing.search.study import STRAY, combos_by_state, frozen_trial, trial_combo
 from lensing.training.fit import TrainConfig, fit
 
 
@@ -49,48 +55,41 @@ class Progress:
 @dataclasses.dataclass
 class Objective:
     """Trains the combination of one queued trial; ``objective(trial)`` returns its best
-    validation AUC, or raises ``optuna.TrialPruned`` (pruned, or stepped aside)."""
+    validation AUC, or raises ``optuna.TrialPruned`` (pruned, or stepped aside).
+
+    ``config`` is the template every combination trains with: its data_dir, epochs and
+    training settings, ``resume`` on, and ``out_dir`` the search's models folder. Each
+    combination replaces the learning rates, and ``out_dir`` with its own trial folder.
+    """
 
     study: optuna.Study
     grid: dict[str, list[float]]
-    data_dir: Path
-    out_dir: Path
-    epochs: int
-    base_config: dict[str, Any]
+    config: TrainConfig
     prune: str
     log: Callable[[str], None]
     progress: bool = True  # progress bars
     datasets: dict | None = None
     state: Progress = dataclasses.field(default_factory=Progress)
 
+    @property
+    def out_dir(self) -> Path:
+        """The search's models folder (trials/, best_model.pth, best_params.json)."""
+        return Path(self.config.out_dir)
+
     def load_data(self) -> None:
         """Read the data once per process, outside any trial: a data problem is not a failed
         trial."""
         if self.datasets is None:
-            in_memory = self.base_config.get("in_memory", True)
-            self.datasets = load_splits(self.data_dir, in_memory=in_memory, progress=self.progress)
+            self.datasets = load_splits(
+                self.config.data_dir, in_memory=self.config.in_memory, progress=self.progress
+            )
 
     def __call__(self, trial: optuna.Trial) -> float:
-        frozen = self.study._storage.get_trial(trial._trial_id)
-        queued = trial_combo(frozen)
-        if queued is None:
-            raise ValueError(
-                f"trial {trial.number} has no learning rates; expected a trial queued with "
-                f"lr_{', lr_'.join(LAYER_GROUPS)}"
-            )
-        combo = Combo.from_params(
-            {f"lr_{g}": trial.suggest_categorical(f"lr_{g}", self.grid[g]) for g in LAYER_GROUPS}
-        )
-        trial.set_user_attr("key", combo.key)
-        trial.set_user_attr("worker", {"host": HOST, "pid": os.getpid(), "trial": trial.number})
-        taken_by = holder(self.study, frozen, combo)
-        if taken_by is not None:
-            trial.set_user_attr("duplicate_of", {"trial": trial.number, "holder": taken_by})
-            self.log(f"trial {trial.number}: {combo.key} is taken by trial {taken_by}; skipped")
-            raise optuna.TrialPruned(f"combination {combo.key} is already taken by {taken_by}")
+        frozen = frozen_trial(self.study, trial.number)
+        combo = self._take(trial, frozen)
         self.state.current, self.state.current_key = trial.number, combo.key
         self.state.current_epochs = 0
-        retried = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+        retried = retried_trial(frozen)
         done = combos_by_state(self.study, grid_combos(self.grid))
         finished = len(done["COMPLETE"]) + len(done["PRUNED"])
         self.log(
@@ -106,10 +105,37 @@ class Objective:
         if not math.isfinite(auc):
             raise ValueError(
                 f"trial {trial.number} ({combo.key}): validation AUC is {auc}; expected a "
-                f"number (does every class of {CLASSES} appear in {self.data_dir}/val?)"
+                f"number (does every class of {CLASSES} appear in {self.config.data_dir}/val?)"
             )
         self.state.trained += 1
         return auc
+
+    def _take(self, trial: optuna.Trial, frozen: FrozenTrial) -> Combo:
+        """The queued combination of ``trial``, recorded as its params; raises TrialPruned
+        when the trial steps aside untrained: a stray (``Study.ask`` made it fresh, as another
+        worker took the last queued trial after this one looked), or a duplicate (another
+        trial has its combination)."""
+        queued = trial_combo(frozen)
+        if queued is None:
+            trial.set_user_attr(STRAY, {"trial": trial.number, "host": HOST, "pid": os.getpid()})
+            self.log(f"trial {trial.number}: the queue was empty when it started; stepped aside")
+            raise optuna.TrialPruned("no queued combination: another worker took the last one")
+        combo = Combo.from_params(
+            {f"lr_{g}": trial.suggest_categorical(f"lr_{g}", self.grid[g]) for g in LAYER_GROUPS}
+        )
+        if combo != queued:
+            raise ValueError(
+                f"trial {trial.number} was queued with {queued.key} but has the learning rates "
+                f"{combo.key}; expected a trial queued with lr_{', lr_'.join(LAYER_GROUPS)}"
+            )
+        trial.set_user_attr("key", combo.key)
+        trial.set_user_attr("worker", {"host": HOST, "pid": os.getpid(), "trial": trial.number})
+        taken_by = holder(self.study, frozen, combo)
+        if taken_by is not None:
+            trial.set_user_attr("duplicate_of", {"trial": trial.number, "holder": taken_by})
+            self.log(f"trial {trial.number}: {combo.key} is taken by trial {taken_by}; skipped")
+            raise optuna.TrialPruned(f"combination {combo.key} is already taken by {taken_by}")
+        return combo
 
     def _fit(self, trial: optuna.Trial, combo: Combo, reported: set[int]) -> dict[str, Any]:
         """fit, resuming; an unreadable checkpoint is moved aside and the combination restarts.
@@ -118,9 +144,7 @@ class Objective:
         (and warns about) a step reported twice, which happens only after such a restart.
         """
         folder = trials_dir(self.out_dir, self.study.study_name) / combo.key
-        fields = {"data_dir": str(self.data_dir), "out_dir": str(folder), "resume": True}
-        fields["epochs"] = self.epochs
-        config = TrainConfig.from_dict(self.base_config | combo.params | fields)
+        config = dataclasses.replace(self.config, **combo.params, out_dir=str(folder))
         on_epoch_end = self._reporter(trial, combo, reported)
         try:
             share_config(config)  # under torchrun, every rank trains it with rank 0
@@ -149,7 +173,7 @@ class Objective:
             auc = float(entry["val_auc"])
             if math.isfinite(auc) and done not in reported:
                 trial.report(auc, step=done)
-            if self.prune != "none" and done < self.epochs and trial.should_prune():
+            if self.prune != "none" and done < self.config.epochs and trial.should_prune():
                 self.log(f"trial {trial.number}: {combo.key} pruned after epoch {done} "
                          f"(AUC {auc:.4f})")  # fmt: skip
                 raise optuna.TrialPruned(
@@ -157,29 +181,6 @@ class Objective:
                 )
 
         return on_epoch_end
-
-
-class _Heartbeat:
-    """Records a running trial's heartbeat every ``interval`` seconds, in a thread."""
-
-    def __init__(self, storage: optuna.storages.BaseStorage, trial_id: int, interval: float):
-        self._storage, self._trial_id, self._interval = storage, trial_id, interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True, name="heartbeat")
-
-    def _beat(self) -> None:
-        while True:
-            self._storage.record_heartbeat(self._trial_id)
-            if self._stop.wait(self._interval):
-                return
-
-    def __enter__(self) -> _Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 class Worker:
@@ -191,13 +192,17 @@ class Worker:
         objective: Objective,
         heartbeat_interval: float,
         grace_period: float,
+        retry: RetryCallback | None = None,
     ) -> None:
+        """``retry``: the callback that queues a copy of a trial whose worker died, the one the
+        study's storage was opened with (``RDBStorage.get_heartbeat_stale_trial_callback()``)."""
         self.objective = objective
         self.study = objective.study
         self.combos = grid_combos(objective.grid)
         self.log = objective.log
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
+        self.retry = retry
 
     @property
     def state(self) -> Progress:
@@ -206,7 +211,7 @@ class Worker:
     def recover(self, include_failed: bool) -> list[str]:
         """Fail trials of dead workers (Optuna queues their retries) and queue combinations
         left without a trial; returns the keys queued."""
-        for number in fail_dead_trials(self.study, self.state.current):
+        for number in fail_dead_trials(self.study, self.retry, self.state.current):
             self.log(f"trial {number}: its worker is gone; queued to resume from its checkpoint")
         return requeue(self.study, self.combos, include_failed)
 
@@ -219,11 +224,7 @@ class Worker:
             pending = combos_by_state(self.study, self.combos)
             if pending["WAITING"]:
                 self.objective.load_data()
-                trial_id = self.pop()
-                if trial_id is None:
-                    time.sleep(0.2)  # another worker took it as we reached for it
-                else:
-                    self.run_trial(trial_id)
+                self.run_trial()
             elif pending["RUNNING"]:
                 self._wait_for_others(set(pending["RUNNING"]), waited_on)
             elif pending["NEW"]:
@@ -237,36 +238,15 @@ class Worker:
             self.recover(include_failed=False)
         self.log(f"trained {self.state.trained} trial(s) as asked (--n-trials); stopping")
 
-    def pop(self) -> int | None:
-        """Take a queued trial of this grid (WAITING -> RUNNING, which one worker only wins);
-        returns its id, or None when the queue emptied meanwhile."""
-        storage = self.study._storage
-        mine = set(self.combos)
-        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            if trial_combo(trial) not in mine:
-                continue
-            try:
-                if storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
-                    return trial._trial_id
-            except UpdateFinishedTrialError:
-                continue  # finished meanwhile by whoever took it
-        return None
+    def run_trial(self) -> None:
+        """Train the next queued trial, then publish the best model.
 
-    def run_trial(self, trial_id: int) -> None:
-        """Run the objective on a taken trial and tell Optuna how it ended."""
-        trial = optuna.Trial(self.study, trial_id)
-        with _Heartbeat(self.study._storage, trial_id, self.heartbeat_interval):
-            try:
-                value = self.objective(trial)
-            except optuna.TrialPruned:
-                self.study.tell(trial, state=TrialState.PRUNED)
-            except BaseException:
-                # Ctrl-C or an error: the trial fails with its checkpoint intact; a re-run
-                # queues it again.
-                self.study.tell(trial, state=TrialState.FAIL)
-                raise
-            else:
-                self.study.tell(trial, value)
+        ``Study.optimize`` for one trial: it fails the trials whose heartbeat is stale, takes
+        the first queued trial (``Study.ask``), records its heartbeat while the objective runs,
+        and tells the end: COMPLETE, PRUNED, or FAIL on an error or Ctrl-C, which it raises
+        again (the checkpoint stays intact; a re-run queues the combination again).
+        """
+        self.study.optimize(self.objective, n_trials=1, catch=())
         publish_best(self.study, self.objective.out_dir)
 
     def _wait_for_others(self, running: set[Combo], waited_on: set[int]) -> None:

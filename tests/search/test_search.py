@@ -3,8 +3,10 @@
 The slow tests start ``python -m lensing search`` in subprocesses on a tiny written data set
 (4 train, 3 val, 1 test images per class; ResNet18 from scratch, batch 8, fp32) and really
 kill them: SIGKILL mid-trial, SIGINT (Ctrl-C), two workers at once on one SQLite file.
-``tests/fixtures/search_v1/`` holds a study written by the GridSampler version of the search (one
-combination finished, one killed mid-trial), which today's search must resume.
+``tests/fixtures/search_v1/`` holds a study written by the GridSampler version of the search, and
+``tests/fixtures/search_v2/`` one written by the queue version that took its trials through
+Optuna's storage (commit f5537d4); each has one combination finished and one killed mid-trial,
+and today's search must resume both.
 """
 
 from __future__ import annotations
@@ -39,9 +41,12 @@ from lensing.search import (
     trial_key,
     validate_grid,
 )
+from lensing.search.recovery import retried_trial
 from lensing.search.storage import engine_url
 
-OLD_STUDY = Path(__file__).resolve().parents[1] / "fixtures" / "search_v1"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+OLD_STUDY = FIXTURES / "search_v1"
+V2_STUDY = FIXTURES / "search_v2"
 # A launcher that keeps SIGINT raising KeyboardInterrupt even when the test runner was started
 # in the background (where SIGINT is ignored, and Python would inherit that).
 LAUNCH = (
@@ -112,6 +117,24 @@ def complete_params(study: optuna.Study) -> list[tuple]:
         tuple(sorted(t.params.items()))
         for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     ]
+
+
+def copy_old_study(fixture: Path, out: Path) -> tuple[optuna.trial.FrozenTrial, ...]:
+    """Copy a fixture's study to ``out``, with a stand-in ``best_model.pth`` in the folder of
+    its finished trial (the real weights, 45 MB, are left out of the fixtures); returns (the
+    finished trial, the killed one)."""
+    out.mkdir()
+    shutil.copy(fixture / "grid_search.db", out / "grid_search.db")
+    before = load(out)
+    (finished,) = before.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    (killed,) = before.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    folder = out / "trials" / "lr_grid" / trial_key(finished.params)
+    folder.mkdir(parents=True)
+    stand_in = {"model": {}, "params": dict(finished.params), "val_auc": finished.value}
+    stand_in |= {"epoch": 1, "history": [{"epoch": 1, "val_auc": finished.value}]}
+    torch.save(stand_in | {"classes": ["no", "sphere", "vort"], "pretrained": False},
+               folder / "best_model.pth")  # fmt: skip
+    return finished, killed
 
 
 # --- the grid ----------------------------------------------------------------------------------
@@ -320,7 +343,7 @@ def test_killed_trial_resumes_from_its_checkpoint(subproc, killed_and_resumed: d
         for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
         if t.user_attrs["key"] == killed
     ]
-    assert retry.system_attrs["failed_trial"] in before["states"]
+    assert retried_trial(retry) in before["states"]
     assert retry.user_attrs["start_epoch"] == before["killed_epoch"]
     assert "retrying trial" in resumed.stdout
 
@@ -509,17 +532,7 @@ def test_a_study_of_the_grid_sampler_version_resumes(
     stamped with augment "seed"; the weights files are left out (45 MB), trial 0's stand-in
     is written here."""
     out = tmp_path / "models"
-    out.mkdir()
-    shutil.copy(OLD_STUDY / "grid_search.db", out / "grid_search.db")
-    before = load(out)
-    (finished,) = before.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-    (killed,) = before.get_trials(states=(optuna.trial.TrialState.RUNNING,))
-    folder = out / "trials" / "lr_grid" / trial_key(finished.params)
-    folder.mkdir(parents=True)
-    stand_in = {"model": {}, "params": dict(finished.params), "val_auc": finished.value}
-    stand_in |= {"epoch": 1, "history": [{"epoch": 1, "val_auc": finished.value}]}
-    torch.save(stand_in | {"classes": ["no", "sphere", "vort"], "pretrained": False},
-               folder / "best_model.pth")  # fmt: skip
+    finished, killed = copy_old_study(OLD_STUDY, out)
     done = subproc.run(search_command(data_dir, out, OLD_STUDY / "grid.json", 1))
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"retrying trial {killed.number}" in done.stdout
@@ -531,8 +544,42 @@ def test_a_study_of_the_grid_sampler_version_resumes(
         trial_key(t.params) for t in (finished, killed)
     )
     (retry,) = [t for t in complete if t.number != finished.number]
-    assert retry.system_attrs["failed_trial"] == killed.number
+    assert retried_trial(retry) == killed.number
     assert study.trials[killed.number].state == optuna.trial.TrialState.FAIL
     assert study.trials[finished.number].datetime_complete == finished.datetime_complete
     assert subproc.read_epoch(subproc.checkpoints(out)[trial_key(killed.params)])[0] == 1
     assert list(results_table(out_dir=out)["state"]) == ["COMPLETE", "COMPLETE"]
+
+
+@pytest.mark.slow
+def test_a_study_of_the_storage_queue_version_resumes(
+    subproc, tmp_path: Path, data_dir: Path
+) -> None:
+    """The fixture (tests/fixtures/search_v2/README.md): written by the search of commit
+    f5537d4, which took queued trials through Optuna's storage and beat its own heartbeat.
+    Trial 0 COMPLETE, trial 1 RUNNING with a dead worker (SIGKILL in its only epoch)."""
+    out = tmp_path / "models"
+    finished, killed = copy_old_study(V2_STUDY, out)
+    done = subproc.run(search_command(data_dir, out, V2_STUDY / "grid.json", 1))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1/2 combinations finished" in done.stdout
+    assert f"retrying trial {killed.number}" in done.stdout
+    # The finished combination is not trained again: one trial started, the killed one's.
+    started = re.findall(r"\[search\] trial \d+: (\S+) \(", done.stdout)
+    assert started == [killed.user_attrs["key"]], done.stdout
+
+    study = load(out)
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert sorted(t.user_attrs["key"] for t in complete) == sorted(
+        t.user_attrs["key"] for t in (finished, killed)
+    )
+    (retry,) = [t for t in complete if t.number != finished.number]
+    assert retried_trial(retry) == killed.number and retry.params == killed.params
+    assert study.trials[killed.number].state == optuna.trial.TrialState.FAIL
+    assert study.trials[finished.number].datetime_complete == finished.datetime_complete
+    assert subproc.read_epoch(subproc.checkpoints(out)[killed.user_attrs["key"]])[0] == 1
+    assert list(results_table(out_dir=out)["state"]) == ["COMPLETE", "COMPLETE"]
+    best = json.loads((out / "best_params.json").read_text())
+    assert best["trial"] == study.best_trial.number
+    model = torch.load(out / "best_model.pth", map_location="cpu", weights_only=True)
+    assert model["trial_key"] == best["trial_key"] == study.best_trial.user_attrs["key"]
