@@ -20,14 +20,6 @@ BENCH_SIM_FULL_DIR = DATA_DIR / "bench_sim_full"  # the same for --full
 SIM_SEED = 7  # seed of the benchmark sets (not the default 0, so they differ from make run's)
 
 
-def main_only(only: str) -> int:
-    """``python -m benchmarks.<module> [options]`` for a module measured by ``python -m
-    benchmarks``: the same as ``python -m benchmarks --only ONLY [options]``."""
-    from benchmarks.__main__ import cli
-
-    return cli(["--only", only, *sys.argv[1:]])
-
-
 def log(message: str) -> None:
     """Progress goes to stderr, so stdout holds only the markdown tables."""
     print(message, file=sys.stderr, flush=True)

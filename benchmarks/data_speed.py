@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import log, main_only, markdown_table
+from benchmarks.common import log, markdown_table
 from lensing.core.atomic import atomic_save_npy
 from lensing.core.constants import CLASSES, DATA_DIR
 
@@ -196,4 +196,6 @@ def data_speed_table(simulate: dict[str, Any] | None, load: dict[str, Any] | Non
 
 
 if __name__ == "__main__":
+    from benchmarks.suite import main_only
+
     sys.exit(main_only("simulate,load"))

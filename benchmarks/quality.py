@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import log, main_only, markdown_table
+from benchmarks.common import log, markdown_table
 from benchmarks.scoring import SCORES, rate_fields, train_and_score
 from benchmarks.seed_pipeline import BATCH_SIZE, seed_fit, seed_loader, seed_predict
 from lensing.core.constants import CLASSES, DATA_DIR, SCHEDULES
@@ -221,4 +221,6 @@ def quality_table(result: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
+    from benchmarks.suite import main_only
+
     sys.exit(main_only("quality"))

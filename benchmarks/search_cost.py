@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import log, main_only, markdown_table
+from benchmarks.common import log, markdown_table
 from lensing.core.constants import DATA_DIR, LAYER_GROUPS
 from lensing.search import run_search
 
@@ -119,4 +119,6 @@ def search_cost_table(result: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
+    from benchmarks.suite import main_only
+
     sys.exit(main_only("search"))

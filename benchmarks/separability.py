@@ -5,7 +5,8 @@
 
 - ``pixel-stats``: mean, std, percentiles, fractions of bright pixels and the radial profile
   (mean in 5-pixel annuli around the centre) of each image, standardized, then multinomial
-  logistic regression;
+  logistic regression (the moments and the profile are those of
+  :mod:`lensing.core.image_stats`);
 - ``pca-20``: the 20 leading principal components of the raw pixels, then the same regression.
 
 It prints macro and per-class one-vs-rest ROC AUC as a markdown table. A simulated set is
@@ -22,12 +23,14 @@ import numpy as np
 
 from benchmarks.common import markdown_table
 from lensing.core.constants import CLASSES, IMAGE_SIZE
+from lensing.core.image_stats import annulus_pixels, moments, radial_profiles
 from lensing.data.dataset import find_split_files
 from lensing.data.readers.image import ImageError, read_image
 
 PERCENTILES = (1, 5, 10, 25, 50, 75, 90, 95, 99)
 BRIGHT_LEVELS = (0.25, 0.5, 0.75)  # fractions of pixels above these normalized values
 ANNULUS_WIDTH = 5  # pixels per ring of the radial profile
+MIN_ANNULUS_PIXELS = 8  # annuli with fewer pixels (the last, in the corners) are left out
 PCA_COMPONENTS = 20
 
 
@@ -46,18 +49,14 @@ def load_split(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pixel_statistics(images: np.ndarray) -> np.ndarray:
-    """Features (N, F) of images (N, H, W): moments, percentiles, bright fractions, radii."""
-    n = len(images)
-    flat = images.reshape(n, -1)
-    size = images.shape[-1]
-    yy, xx = np.indices((size, size)) - (size - 1) / 2
-    ring = (np.hypot(yy, xx) // ANNULUS_WIDTH).astype(int).ravel()
-    rings = [ring == r for r in range(int(ring.max()) + 1) if (ring == r).sum() >= 8]
-    columns = [flat.mean(1), flat.std(1)]
-    columns += list(np.percentile(flat, PERCENTILES, axis=1))
+    """Features (N, F) of images (N, H, W): moments, percentiles, bright fractions and the
+    radial profile (all angles, out to the corners)."""
+    flat = images.reshape(len(images), -1)
+    profile = radial_profiles(images, ANNULUS_WIDTH)[:, 0]
+    kept = annulus_pixels(images.shape[-1], ANNULUS_WIDTH)[0] >= MIN_ANNULUS_PIXELS
+    columns = [*moments(images), *np.percentile(flat, PERCENTILES, axis=1)]
     columns += [(flat > level).mean(1) for level in BRIGHT_LEVELS]
-    columns += [flat[:, mask].mean(1) for mask in rings]
-    return np.stack(columns, axis=1)
+    return np.concatenate([np.stack(columns, axis=1), profile[:, kept]], axis=1)
 
 
 def _auc(labels: np.ndarray, probs: np.ndarray) -> dict:

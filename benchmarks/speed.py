@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.common import log, main_only, markdown_table, spread
+from benchmarks.common import log, markdown_table, spread
 from benchmarks.seed_pipeline import (
     build_seed_model,
     seed_loader,
@@ -346,4 +346,6 @@ def speed_table(result: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
+    from benchmarks.suite import main_only
+
     sys.exit(main_only("speed"))

@@ -8,8 +8,8 @@ training range (``bounds``) gets a note naming the statistic and both values, e.
 ``"zero-pixel share 0.44 (training <= 0.0014)"``. Nothing is refused; the note travels with the
 prediction. A checkpoint written before profiles were stored cannot check (``NO_PROFILE``).
 
-Statistics, per image (values in [0, 1]; the spatial ones are those of
-:mod:`lensing.simulate.likeness`):
+Statistics, per image (values in [0, 1]; each is defined once, in
+:mod:`lensing.core.image_stats`, which :mod:`lensing.simulate.likeness` uses too):
 
 - ``mean``, ``std``: the pixels' mean and standard deviation;
 - ``zero_share``: the share of pixels exactly 0 (a min-max normalized image of counts on a sky
@@ -21,7 +21,7 @@ Statistics, per image (values in [0, 1]; the spatial ones are those of
 - ``elongation``: that radius along the x axis over that along the y axis (+- 20 degrees);
 - ``count_scale``: the k of an image of min-max normalized integer counts (its values are
   multiples of 1 / k, k = max - min counts: the brightness scale of the exposure), found on
-  every 11th pixel as in ``_count_grid``;
+  every 11th pixel by ``count_grid``;
 - ``off_grid``: the share of those pixels off the grid of multiples of 1 / k (0 for integer
   counts; nearly 1 for continuous values).
 
@@ -41,18 +41,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from lensing.simulate.likeness import centre_levels, corner_pixels, ring_radii
+from lensing.core.image_stats import (
+    centre_levels,
+    corner_levels,
+    count_grid,
+    moments,
+    ring_radii,
+    sky_noise,
+    zero_shares,
+)
 
 PROFILE_KEY = "training_profile"  # its key in a checkpoint
 PROFILE_VERSION = 1
 QUANTILES = (0.001, 0.005, 0.5, 0.995, 0.999)
 MARGIN = 0.1  # of the central 99% range, added beyond the 0.1% and 99.9% quantiles
 CHUNK = 512  # images per vectorised step: bounds the memory (512 x 22,500 float32 = 46 MB)
-GRID_TOLERANCE = 1e-3  # a pixel / (1 / k) this close to an integer lies on the count grid
-GRID_STRIDE = 11  # the count grid is found on every 11th pixel (2,046 of 22,500): as sure, faster
-MAX_DIVISOR = 4  # the smallest non-zero pixel is taken to be at most 4 counts above the minimum
-ON_GRID = 0.002  # an image with at most this share of sampled pixels off a grid lies on it
-IQR_PER_SIGMA = 1.349  # interquartile range of a normal distribution, in standard deviations
 NO_PROFILE = "cannot check likeness to the training data (the checkpoint holds no profile)"
 
 
@@ -122,51 +125,22 @@ def image_statistics(images: Any) -> dict[str, np.ndarray]:
 
 
 def _chunk_statistics(chunk: np.ndarray) -> dict[str, np.ndarray]:
-    flat = chunk.reshape(len(chunk), -1)
-    mean = flat.mean(1, dtype=np.float64)
-    square = np.einsum("ij,ij->i", flat, flat).astype(np.float64) / flat.shape[1]
+    """Every statistic of ``STATISTICS`` for a chunk (n, S, S) of float32 images."""
+    mean, std = moments(chunk)
     radii = ring_radii(chunk)
-    scale, off_grid = _count_grid(flat[:, ::GRID_STRIDE])
-    sky = corner_pixels(chunk)
-    middle = sky.shape[1] // 2  # the corners hold an even number of pixels (900)
-    quartile = sky.shape[1] // 4
-    sky = np.partition(sky, (quartile, middle - 1, middle, sky.shape[1] - 1 - quartile), axis=1)
+    scale, off_grid = count_grid(chunk)
     return {
         "mean": mean,
-        "std": np.sqrt(np.maximum(square - mean**2, 0.0)),
-        "zero_share": np.count_nonzero(flat == 0, axis=1) / flat.shape[1],
-        "corner": (sky[:, middle - 1] + sky[:, middle]) / 2,  # likeness' corner_levels
-        "sky_noise": (sky[:, -1 - quartile] - sky[:, quartile]) / IQR_PER_SIGMA,
+        "std": std,
+        "zero_share": zero_shares(chunk),
+        "corner": corner_levels(chunk),
+        "sky_noise": sky_noise(chunk),
         "centre": centre_levels(chunk),
         "ring_radius": radii["ring_radius"],
         "elongation": radii["ring_x"] / radii["ring_y"],
         "count_scale": scale,
         "off_grid": off_grid,
     }
-
-
-def _count_grid(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per image (rows of ``pixels``, a sample of its pixels), the count scale k and the share
-    of pixels off the grid of multiples of 1 / k.
-
-    The step is the smallest non-zero pixel v divided by the smallest d in 1..MAX_DIVISOR that
-    puts (almost) every pixel on the grid (v may be 2 or 3 counts when no sampled pixel lies
-    1 count above the minimum); where none does, d = 1. An image with no pixel > 0: k = inf
-    and every pixel off the grid.
-    """
-    smallest = np.where(pixels > 0, pixels, np.inf).min(1)
-    steps = pixels / np.where(np.isfinite(smallest), smallest, 1.0)[:, None]
-    divisor = np.ones(len(pixels))
-    off_grid = np.ones(len(pixels))
-    found = np.zeros(len(pixels), dtype=bool)
-    for d in range(MAX_DIVISOR, 0, -1):  # the smallest d that fits wins, so count down
-        scaled = steps * d
-        off = (np.abs(scaled - np.round(scaled)) > GRID_TOLERANCE * d).mean(1)
-        take = (off <= ON_GRID) | ((d == 1) & ~found)
-        divisor, off_grid = np.where(take, d, divisor), np.where(take, off, off_grid)
-        found |= off <= ON_GRID
-    finite = np.isfinite(smallest)
-    return np.where(finite, divisor / smallest, np.inf), np.where(finite, off_grid, 1.0)
 
 
 # ----------------------------------------------------------------------------- profile

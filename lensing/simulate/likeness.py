@@ -1,11 +1,13 @@
 """How much a folder of images looks like the real DeepLense Test I set, statistic by statistic.
 
-``likeness(root, n=100)`` reads the first ``n`` train images of each class and returns a dict of
-the statistics below; ``likeness_table(report)`` formats them side by side with the real set's
-values (measured on 100 training images per class of the real set) and says for each row
-whether it falls in the real range.
+``likeness(root, n=100)`` reads the first ``n`` train images of each class (through
+:mod:`lensing.data.readers`, min-max normalized as training reads them) and returns a dict of
+the statistics below (``sample_statistics``); ``likeness_table(report)`` formats them side by
+side with the real set's values (measured on 100 training images per class of the real set)
+and says for each row whether it falls in the real range.
 
-Statistics (images are (150, 150), values in [0, 1]):
+Statistics of the sample, from the per-image ones of :mod:`lensing.core.image_stats` (images
+are (150, 150), values in [0, 1]):
 
 - ``mean``, ``std``: per-image mean and standard deviation, median over images;
   ``mean_spread``, ``std_spread``: their standard deviation over images.
@@ -20,29 +22,33 @@ Statistics (images are (150, 150), values in [0, 1]):
 - ``class_means``: mean of the per-image means, per class; ``class_mean_spread``: their range,
   within the real range when sampling noise explains it (``class_mean_tolerance``: with a
   per-image spread of 0.009, 100 images per class differ by up to ~0.004 by chance alone).
-- ``min0_max1``: fraction of images with min exactly 0 and max exactly 1.
-- ``k``: median over images of the inferred count scale k (values are multiples of 1/k when the
-  image is min-max normalized integer counts, k = max - min counts); ``integer_fraction``:
-  fraction of images whose values times k all lie within 1e-6 of an integer.
-
-The per-image statistics (``corner_pixels``, ``corner_levels``, ``centre_levels``,
-``ring_radii``) are vectorised over a stack of images; :mod:`lensing.data.ood` uses them
-to describe a training set and check inputs against it.
+- ``min0_max1``: fraction of images with min exactly 0 and max exactly 1. The readers
+  min-max normalize every image, so it is 1 for any set they read; the row stays to show that
+  the images compared are those training sees.
+- ``k``: median over images of the count scale k of ``count_grid`` (values are multiples of 1/k
+  when the image is min-max normalized integer counts, k = max - min counts);
+  ``integer_fraction``: fraction of images on their count grid (``on_count_grid``).
 """
 
 from __future__ import annotations
 
-import functools
-import re
 from pathlib import Path
 
 import numpy as np
 
-from lensing.core.constants import CLASSES, IMAGE_SIZE
+from lensing.core.constants import CLASSES
+from lensing.core.image_stats import (
+    centre_levels,
+    corner_levels,
+    count_grid,
+    moments,
+    on_count_grid,
+    ring_radii,
+)
+from lensing.data.readers.checks import ImageError
+from lensing.data.readers.image import read_image
+from lensing.data.splits import find_split_files
 
-CORNER = 15  # px, side of each corner square
-CENTRE_RADIUS = 3.0  # px
-AXIS_WEDGE = np.deg2rad(20.0)  # half-opening of the wedges around the axes
 DEFAULT_N = 100  # train images per class, as for the real figures
 
 # The real Test I set, measured on 100 training images per class: (shown value, low, high).
@@ -80,103 +86,28 @@ LABELS = {
 }
 
 
-def _natural(path: Path) -> tuple:
-    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.stem))
-
-
-def _load(root: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``n`` train images of each class (natural file order) and their labels."""
-    images, labels = [], []
-    for label, name in enumerate(CLASSES):
-        folder = root / "train" / name
-        if not folder.is_dir():
-            raise ValueError(f"no folder {str(folder)!r}; expected {root}/train/<class>/*.npy")
-        for path in sorted(folder.glob("*.npy"), key=_natural)[:n]:
-            array = np.load(path, allow_pickle=False)
-            if array.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE) or array.size != IMAGE_SIZE**2:
-                raise ValueError(f"{str(path)!r} has shape {array.shape}; expected (1, 150, 150)")
-            images.append(array.reshape(IMAGE_SIZE, IMAGE_SIZE))
-            labels.append(label)
-    if not images:
+def _read_train(root: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``n`` train images of each class (natural file order), float32 (N, 150, 150)
+    as :func:`~lensing.data.readers.image.read_image` gives them, and their class indices.
+    A missing folder or a file that cannot be used is a ValueError naming it."""
+    try:
+        files = find_split_files(root, "train")
+    except OSError as error:  # a missing or unlistable folder: a bad argument here
+        raise ValueError(str(error)) from None
+    picked = [
+        (path, label)
+        for label in range(len(CLASSES))
+        for path in [p for p, y in files if y == label][:n]
+    ]
+    if not picked:
         raise ValueError(f"no train image in {str(root)!r}; expected <train>/<class>/<i>.npy")
-    return np.stack(images).astype(np.float64), np.asarray(labels)
-
-
-def count_scale(image: np.ndarray) -> tuple[float, bool]:
-    """The k of an image of min-max normalized integer counts, and whether it fits.
-
-    ``image``: any shape, values in [0, 1]. k is the reciprocal of the smallest gap between
-    distinct values, rounded; ``fits`` is True when every value times k is within 1e-6 of an
-    integer (continuous values fail: their smallest gap does not divide the others).
-    """
-    values = np.unique(image)
-    gaps = np.diff(values)
-    if gaps.size == 0:
-        return float("nan"), False
-    k = float(np.round(1.0 / gaps.min()))
-    scaled = values * k
-    return k, bool(np.abs(scaled - np.round(scaled)).max() < 1e-6)
-
-
-def corner_pixels(images: np.ndarray) -> np.ndarray:
-    """Per image, the pixels of its four ``CORNER`` x ``CORNER`` corners (the sky far from the
-    lens): ``images`` (N, H, W) -> (N, 4 * CORNER**2)."""
-    c = CORNER
-    corners = np.concatenate(
-        [images[:, :c, :c], images[:, :c, -c:], images[:, -c:, :c], images[:, -c:, -c:]], axis=1
-    )
-    return corners.reshape(len(images), -1)
-
-
-def corner_levels(images: np.ndarray) -> np.ndarray:
-    """Per image, the median of its ``corner_pixels``: (N, H, W) -> (N,)."""
-    return np.median(corner_pixels(images), axis=1)
-
-
-def centre_levels(images: np.ndarray) -> np.ndarray:
-    """Per image, the mean over r < ``CENTRE_RADIUS`` px of the image centre: (N, H, W) -> (N,)."""
-    size = images.shape[-1]
-    yy, xx = np.indices((size, size)) - (size - 1) / 2
-    return images[:, np.hypot(yy, xx) < CENTRE_RADIUS].mean(1)
-
-
-def ring_radii(images: np.ndarray) -> dict[str, np.ndarray]:
-    """Per image (N, H, W), the radius (px) of the peak of the mean brightness in 1-px annuli
-    around the image centre: over all angles (``ring_radius``), within ``AXIS_WEDGE`` of the
-    x axis, both sides (``ring_x``), and of the y axis (``ring_y``); each (N,). Vectorised:
-    one sparse matrix product for all three, no loop over images."""
-    size = images.shape[-1]
-    flat = images.reshape(len(images), -1)
-    profiles = np.asarray(_annulus_means(size) @ flat.T).T.reshape(len(images), 3, -1)
-    peaks = np.argmax(profiles, axis=2) + 0.5
-    return {key: peaks[:, i] for i, key in enumerate(("ring_radius", "ring_x", "ring_y"))}
-
-
-@functools.lru_cache(maxsize=4)
-def _annulus_means(size: int):
-    """The sparse (3 * (size // 2), size * size) matrix whose product with a flat image is its
-    mean brightness in each 1-px annulus r < size // 2: over all angles, then along x, then
-    along y (an annulus with no pixel in a wedge gives 0)."""
-    from scipy import sparse
-
-    yy, xx = np.indices((size, size)) - (size - 1) / 2
-    angle = np.arctan2(yy, xx)
-    masks = (
-        np.ones((size, size), dtype=bool),
-        np.minimum(np.abs(angle), np.pi - np.abs(angle)) < AXIS_WEDGE,
-        np.abs(np.abs(angle) - np.pi / 2) < AXIS_WEDGE,
-    )
-    limit = size // 2
-    bins = np.hypot(yy, xx).astype(int).ravel()
-    rows, columns = [], []
-    for i, mask in enumerate(masks):
-        pixels = np.flatnonzero(mask.ravel() & (bins < limit))
-        rows.append(i * limit + bins[pixels])
-        columns.append(pixels)
-    rows, columns = np.concatenate(rows), np.concatenate(columns)
-    counts = np.bincount(rows, minlength=3 * limit)
-    weights = (1.0 / counts[rows]).astype(np.float32)
-    return sparse.csr_matrix((weights, (rows, columns)), shape=(3 * limit, size * size))
+    images = []
+    for path, _ in picked:
+        try:
+            images.append(read_image(path).array)
+        except ImageError as error:
+            raise ValueError(f"{str(path)!r}: {error.reason}") from None
+    return np.stack(images), np.asarray([label for _, label in picked])
 
 
 def _ring(mean_image: np.ndarray) -> dict[str, float]:
@@ -197,18 +128,18 @@ def likeness(root: str | Path, n: int = DEFAULT_N) -> dict:
     ``class_means`` ({class: float}), ``n_images`` (int) and ``data`` (str)."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n is {n!r}; expected a positive integer")
-    images, labels = _load(Path(root), n)
-    return {"data": str(root), **image_statistics(images, labels)}
+    images, labels = _read_train(Path(root), n)
+    return {"data": str(root), **sample_statistics(images, labels)}
 
 
-def image_statistics(images: np.ndarray, labels: np.ndarray) -> dict:
-    """``likeness``' statistics of ``images`` (N, H, W) in [0, 1] with class indices ``labels``
-    (N,) into CLASSES (``data`` left out)."""
-    images = np.asarray(images, dtype=np.float64)
+def sample_statistics(images: np.ndarray, labels: np.ndarray) -> dict:
+    """``likeness``' statistics of a sample of images (N, H, W) in [0, 1] with class indices
+    ``labels`` (N,) into CLASSES (``data`` left out): the per-image statistics of
+    :mod:`lensing.core.image_stats` summed up over the sample, and the ring of its mean image."""
     flat = images.reshape(len(images), -1)
-    means, stds = flat.mean(1), flat.std(1)
+    means, stds = moments(images)
     corner_medians = corner_levels(images)
-    scales = [count_scale(image) for image in images]
+    scales, off_grid = count_grid(images)
     class_means = {
         name: float(means[labels == k].mean())
         for k, name in enumerate(CLASSES)
@@ -223,12 +154,12 @@ def image_statistics(images: np.ndarray, labels: np.ndarray) -> dict:
         "corner": float(np.median(corner_medians)),
         "corner_min": float(corner_medians.min()),
         "centre": float(np.median(centre_levels(images))),
-        **_ring(images.mean(0)),
+        **_ring(images.mean(0, dtype=np.float64)),
         "class_means": class_means,
         "class_mean_spread": float(max(class_means.values()) - min(class_means.values())),
         "min0_max1": float(np.mean((flat.min(1) == 0.0) & (flat.max(1) == 1.0))),
-        "k": float(np.nanmedian([k for k, _ in scales])),
-        "integer_fraction": float(np.mean([fits for _, fits in scales])),
+        "k": float(np.median(scales)),
+        "integer_fraction": float(np.mean(on_count_grid(off_grid))),
     }
 
 

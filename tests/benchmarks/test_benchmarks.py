@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import sys
 from pathlib import Path
@@ -14,7 +15,6 @@ import torch
 # repository root (``python -m benchmarks``) but not from pytest's tests/ path.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.__main__ import BENCHMARKS, MEASURES, _targets, cli
 from benchmarks.common import machine, markdown_table, spread
 from benchmarks.compare_recipes import compare_recipes, comparison_table
 from benchmarks.data_speed import data_speed_table, run_load_time, simulate_rate
@@ -31,6 +31,7 @@ from benchmarks.seed_pipeline import (
     seed_transforms,
 )
 from benchmarks.speed import model_rate, ours_rate, run_speed, seed_rate, speed_table
+from benchmarks.suite import BENCHMARKS, MEASURES, _targets, cli
 from lensing.core.constants import CLASSES
 from lensing.core.rng import seed_everything
 from lensing.data.dataset import LensingDataset, load_splits
@@ -221,6 +222,22 @@ def test_report_helpers() -> None:
 
 def test_every_benchmark_name_has_its_function() -> None:
     assert list(MEASURES) == list(BENCHMARKS)
+
+
+def test_no_benchmark_module_imports_the_entry_point() -> None:
+    # benchmarks/__main__.py only starts the suite; a module that imported it would close an
+    # import circle (common -> __main__ -> common did).
+    folder = Path(__file__).resolve().parents[2] / "benchmarks"
+    importers = []
+    for path in sorted(folder.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            if "benchmarks.__main__" in names:
+                importers.append(path.name)
+    assert importers == []
+    assert "benchmarks.suite" in (folder / "__main__.py").read_text()
 
 
 def test_cli_rejects_unknown_benchmark(tmp_path: Path, capsys) -> None:

@@ -26,8 +26,8 @@ from lensing.data.ood import (
     summary_line,
     training_profile,
 )
-from lensing.evaluation.classify import classify_files, distribution_line
 from lensing.evaluation.evaluate import evaluate_checkpoint, out_of_distribution
+from lensing.evaluation.predict import distribution_line, predict_files
 from lensing.model.checkpoint import Checkpointer, load_checkpoint
 from lensing.model.network import build_model
 from lensing.simulate import simulate_dataset
@@ -166,7 +166,7 @@ def files(tmp_path_factory, held_out) -> Path:
 
 def test_predict_flags_inputs_outside_the_training_data(tmp_path, profile, files, capsys):
     checkpoint = tiny_checkpoint(tmp_path / "best_model.pth", **{PROFILE_KEY: profile})
-    frame = classify_files(checkpoint, files, device="cpu", precision="fp32")
+    frame = predict_files(checkpoint, files, device="cpu", precision="fp32")
     rows = frame.set_index(frame["path"].map(lambda p: Path(p).stem))
     assert rows.loc["in0", "in_distribution"] is True and rows.loc["in0", "notes"] == ""
     assert rows.loc["out", "in_distribution"] is False
@@ -182,7 +182,7 @@ def test_predict_flags_inputs_outside_the_training_data(tmp_path, profile, files
 
 def test_an_old_checkpoint_predicts_and_says_it_cannot_check(tmp_path, files):
     checkpoint = tiny_checkpoint(tmp_path / "old.pth")
-    frame = classify_files(checkpoint, files, device="cpu", precision="fp32")
+    frame = predict_files(checkpoint, files, device="cpu", precision="fp32")
     assert frame["predicted"].isin(CLASSES).all()
     assert (frame["notes"] == NO_PROFILE).all()
     assert frame["in_distribution"].isna().all()

@@ -13,6 +13,7 @@ from numpy.testing import assert_allclose
 
 from lensing.cli import main as lensing_main
 from lensing.core.constants import CLASSES
+from lensing.core.image_stats import count_grid, on_count_grid
 from lensing.simulate import (
     PRESETS,
     draw_parameters,
@@ -26,8 +27,7 @@ from lensing.simulate import (
 from lensing.simulate.likeness import (
     REAL,
     class_mean_tolerance,
-    count_scale,
-    image_statistics,
+    sample_statistics,
     within,
 )
 
@@ -82,9 +82,10 @@ def test_count_scale_finds_the_counts_of_a_normalized_image():
     counts = np.random.default_rng(0).poisson(10.0, (150, 150)).astype(float)
     counts[75, 75] = 807 + counts.min()
     image = (counts - counts.min()) / (counts.max() - counts.min())
-    assert count_scale(image) == (807.0, True)
+    k, off_grid = count_grid(image[np.newaxis])
+    assert (k[0], bool(on_count_grid(off_grid)[0])) == (807.0, True)
     noisy = image + np.random.default_rng(1).normal(0, 1e-4, image.shape)
-    assert count_scale(np.clip(noisy, 0, 1))[1] is False
+    assert bool(on_count_grid(count_grid(np.clip(noisy, 0, 1)[np.newaxis])[1])[0]) is False
 
 
 def test_table_marks_rows_in_and_out_of_the_real_range(sets):
@@ -125,7 +126,7 @@ def test_test_i_has_no_lens_light_and_a_dark_centre():
 
 def test_test_i_ring_is_elongated_along_x():
     images = [simulate_image("no", np.random.default_rng(s), TEST_I)[0] for s in range(6)]
-    stats = image_statistics(np.stack(images), np.zeros(6, dtype=int))
+    stats = sample_statistics(np.stack(images), np.zeros(6, dtype=int))
     assert stats["ring_x"] >= stats["ring_y"] + 3
     # Six images: an arc or two pull the centroid of the light a few pixels off the axis.
     assert 21 <= stats["ring_radius"] <= 27 and stats["ring_offset"] < 4
@@ -160,7 +161,7 @@ def class_mean_failures(class_images: dict[str, np.ndarray]) -> list[str]:
     """
     images = np.concatenate([class_images[name] for name in CLASSES])
     labels = np.repeat(np.arange(len(CLASSES)), [len(class_images[n]) for n in CLASSES])
-    report = image_statistics(images, labels)
+    report = sample_statistics(images, labels)
     failures = []
     if not within(report)["class_mean_spread"]:
         failures.append(
