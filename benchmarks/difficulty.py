@@ -51,6 +51,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "from-scratch, weight decay 1e-4": SCRATCH | {"weight_decay": 1e-4},
     "from-scratch, lr 3e-4": SCRATCH | {f"lr_{g}": 3e-4 for g in LAYER_GROUPS},
     "from-scratch, lr 1e-4": SCRATCH | {f"lr_{g}": 1e-4 for g in LAYER_GROUPS},
+    # The other backbone (lensing.model.equivariant), from random weights: none pretrained exist.
+    "from-scratch, d4-resnet": SCRATCH | {"model": "d4-resnet"},
     # Per-group rates for fine-tuning pretrained weights: early layers move less. "gentle" is
     # the default since it measured best (docs/pretraining.md); "graded" moves them more.
     "graded": recipe_fields("default")

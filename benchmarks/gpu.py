@@ -35,7 +35,7 @@ from lensing.core.constants import CLASSES, IMAGE_SIZE, REPORTS_DIR
 AIM_TRAIN_IMAGES_PER_S = 20_000
 AIM_FULL_RUN_S = 60.0
 ANCHOR_IMAGES_PER_S = 5_700  # public figure: ResNet18, 150 px, one H200, per-file loader
-PROFILES: dict[str, dict[str, Any]] = {
+SUITES: dict[str, dict[str, Any]] = {
     "full": {
         "train": ((256, False), (512, False), (512, True)),  # (batch, compile)
         "pool_batches": 40,  # distinct batches resident on the GPU per timed epoch
@@ -74,7 +74,7 @@ def _pool(n: int) -> tuple[Any, Any]:
     return images, torch.randint(len(CLASSES), (n,), generator=generator)
 
 
-def train_rate(device: Any, batch: int, compile_model: bool, profile: dict) -> dict:
+def train_rate(device: Any, batch: int, compile_model: bool, suite: dict) -> dict:
     """Images/s of one timed ``train_one_epoch`` after a warm-up epoch, the split on the GPU."""
     import torch
     from torch import nn
@@ -106,9 +106,9 @@ def train_rate(device: Any, batch: int, compile_model: bool, profile: dict) -> d
         )
 
     started = time.perf_counter()
-    epoch(profile["warmup_batches"])
+    epoch(suite["warmup_batches"])
     warmup_s = time.perf_counter() - started
-    timed = epoch(profile["pool_batches"])
+    timed = epoch(suite["pool_batches"])
     return {
         "batch_size": batch,
         "compile": compile_model,
@@ -118,7 +118,7 @@ def train_rate(device: Any, batch: int, compile_model: bool, profile: dict) -> d
     }
 
 
-def infer_rate(device: Any, batch: int, tta: bool, profile: dict) -> dict:
+def infer_rate(device: Any, batch: int, tta: bool, suite: dict) -> dict:
     """Images/s of ``predict_split`` (softmax probabilities), with or without D4 averaging."""
 
     from lensing.core.rng import seed_everything
@@ -127,7 +127,7 @@ def infer_rate(device: Any, batch: int, tta: bool, profile: dict) -> dict:
 
     seed_everything(0)
     model = prepare_model(build_model("none"), device)
-    split = _pool(profile["infer_images"])
+    split = _pool(suite["infer_images"])
     options = {"device": device, "batch_size": batch, "precision": "bf16", "tta": tta}
     predict_split(model, (split[0][:batch], split[1][:batch]), **options)  # warm-up
     _sync(device)
@@ -145,8 +145,8 @@ def _sync(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
-def full_run(device: Any, data: Path, out: Path, profile: dict) -> dict:
-    """``fit`` on ``data`` for the profile's epochs, then the test split evaluated with D4."""
+def full_run(device: Any, data: Path, out: Path, suite: dict) -> dict:
+    """``fit`` on ``data`` for the suite's epochs, then the test split evaluated with D4."""
     import torch
 
     from lensing.data.dataset import LensingDataset
@@ -159,12 +159,12 @@ def full_run(device: Any, data: Path, out: Path, profile: dict) -> dict:
     datasets = {split: LensingDataset(data, split, progress=False) for split in ("train", "val")}
     load_s = time.perf_counter() - started
     sizes = {split: len(ds) for split, ds in datasets.items()}
-    log(f"full run: loaded {sizes} in {load_s:.1f} s; training {profile['epochs']} epochs")
+    log(f"full run: loaded {sizes} in {load_s:.1f} s; training {suite['epochs']} epochs")
     config = TrainConfig(
         data_dir=str(data),
         out_dir=str(out / "models"),
-        epochs=profile["epochs"],
-        batch_size=profile["batch_size"],
+        epochs=suite["epochs"],
+        batch_size=suite["batch_size"],
         pretrained="none",
         device=str(device),
         seed=0,
@@ -231,14 +231,14 @@ def device_info(device: Any) -> dict:
     return info
 
 
-def measure(device: Any, profile_name: str, data: Path | None, work: Path, parts: list[str]):
+def measure(device: Any, suite_name: str, data: Path | None, work: Path, parts: list[str]):
     """Every measurement of ``parts`` ("speed", "full"); returns the report written as JSON.
 
     work: where the full run writes its models and reports.
     """
-    profile = PROFILES[profile_name]
+    suite = SUITES[suite_name]
     report: dict[str, Any] = {
-        "profile": profile_name,
+        "suite": suite_name,
         "device": device_info(device),
         "precision": "bf16",
         "channels_last": True,
@@ -247,18 +247,18 @@ def measure(device: Any, profile_name: str, data: Path | None, work: Path, parts
     }
     if "speed" in parts:
         report["train"], report["inference"] = [], []
-        for batch, compile_model in profile["train"]:
+        for batch, compile_model in suite["train"]:
             log(f"train_one_epoch, batch {batch}, compile {'on' if compile_model else 'off'} ...")
-            report["train"].append(train_rate(device, batch, compile_model, profile))
+            report["train"].append(train_rate(device, batch, compile_model, suite))
             log(f"  {report['train'][-1]['images_per_s']:,.0f} images/s")
         for tta in (False, True):
-            log(f"predict_split, batch {profile['infer_batch']}, D4 {'on' if tta else 'off'} ...")
-            report["inference"].append(infer_rate(device, profile["infer_batch"], tta, profile))
+            log(f"predict_split, batch {suite['infer_batch']}, D4 {'on' if tta else 'off'} ...")
+            report["inference"].append(infer_rate(device, suite["infer_batch"], tta, suite))
             log(f"  {report['inference'][-1]['images_per_s']:,.0f} images/s")
     if "full" in parts:
         if data is None:
             raise ValueError("the full run needs --data DIR (a set with train/ and val/)")
-        report["full"] = full_run(device, data, work, profile)
+        report["full"] = full_run(device, data, work, suite)
     return report
 
 
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     if kind not in ("cuda", "cpu") or (kind == "cpu" and not args.tiny):
         print(
             f"error: --device {args.device}{'' if args.tiny else ' without --tiny'}; expected "
-            "a CUDA device, or cpu with --tiny (the full profile on a CPU would take hours)",
+            "a CUDA device, or cpu with --tiny (the full suite on a CPU would take hours)",
             file=sys.stderr,
         )
         return 2

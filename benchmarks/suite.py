@@ -17,7 +17,7 @@ Runs, in order (``--only`` picks some; ``BENCHMARKS`` names them, ``MEASURES`` r
 Each prints a markdown table on stdout (progress goes to stderr) and the results, with the
 machine they ran on, are written to ``reports/benchmarks.json`` after every benchmark, so an
 interrupted run keeps what it measured. The simulated set is made once in
-``data/bench_sim`` (``data/bench_sim_full`` for ``--full``) and reused. The quick profile
+``data/bench_sim`` (``data/bench_sim_full`` for ``--full``) and reused. The quick suite
 (speed, recipes, simulate, load) is sized for 20 minutes on a 2-core CPU without native bf16;
 ``--full`` runs everything, the recipes over 3 seeds and at a longer budget too.
 
@@ -58,11 +58,11 @@ TARGETS = {  # key: (threshold, "min" = at least, "max" = at most)
     "pipeline_efficiency": (0.90, "min"),
     "quality_error_ratio": (0.5, "max"),
 }
-PROFILES: dict[str, dict[str, Any]] = {
+SUITES: dict[str, dict[str, Any]] = {
     "quick": {
         "benchmarks": ("speed", "recipes", "simulate", "load"),
         "sim_dir": BENCH_SIM_DIR,
-        # Images per class: the main job's quick profile (lensing/cli/run.py), so the recipes are
+        # Images per class: the main job's quick budget (lensing/cli/run.py), so the recipes are
         # compared at the budget a user's first run has.
         "sim_counts": {"train": 400, "val": 100, "test": 150},
         "batch_size": 32,
@@ -109,7 +109,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Speed and quality of the package against the seed notebook. "
         "Writes a JSON report and prints markdown tables.",
     )
-    parser.add_argument("--full", action="store_true", help="the long profile (larger sets)")
+    parser.add_argument("--full", action="store_true", help="the long suite (larger sets)")
     parser.add_argument(
         "--out",
         type=Path,
@@ -119,7 +119,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--only",
         help=f"comma-separated subset of {','.join(BENCHMARKS)}; results already in --out "
-        "for the others are kept (default: the profile's)",
+        "for the others are kept (default: the suite's)",
     )
     parser.add_argument(
         "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)"
@@ -149,9 +149,9 @@ def _targets(results: dict[str, Any]) -> dict[str, Any]:
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Run the chosen benchmarks, writing ``args.out`` after each; returns the results."""
-    profile_name = "full" if args.full else "quick"
-    profile = PROFILES[profile_name]
-    chosen = _chosen(args.only or ",".join(profile["benchmarks"]))
+    suite_name = "full" if args.full else "quick"
+    suite = SUITES[suite_name]
+    chosen = _chosen(args.only or ",".join(suite["benchmarks"]))
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads {args.threads}; expected >= 1")
@@ -160,7 +160,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     if args.out.is_file() and args.only:
         results = json.loads(args.out.read_text())
     results |= {
-        "profile": profile_name,
+        "suite": suite_name,
         "command": "python -m benchmarks " + " ".join(sys.argv[1:]),
         "machine": machine(),
     }
@@ -173,10 +173,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             results["machine"]["load_average_at_end"] = list(os.getloadavg())
         atomic_write_json(args.out, results)
 
-    splits = _sim_splits(profile) if set(chosen) & NEEDS_SPLITS else None
+    splits = _sim_splits(suite) if set(chosen) & NEEDS_SPLITS else None
     for name in BENCHMARKS:  # in this order, whatever the order of --only
         if name in chosen:
-            measured, table = MEASURES[name](profile, splits)
+            measured, table = MEASURES[name](suite, splits)
             results |= measured
             save()
             show(table)
@@ -207,24 +207,24 @@ def _chosen(only: str) -> list[str]:
     return chosen
 
 
-def _sim_splits(profile: dict[str, Any]) -> dict[str, Any]:
-    """The profile's simulated set (made on first use), loaded into memory."""
+def _sim_splits(suite: dict[str, Any]) -> dict[str, Any]:
+    """The suite's simulated set (made on first use), loaded into memory."""
     from lensing.data.dataset import load_splits
 
-    ensure_sim_set(profile["sim_dir"], profile["sim_counts"])
-    return load_splits(profile["sim_dir"], progress=False)
+    ensure_sim_set(suite["sim_dir"], suite["sim_counts"])
+    return load_splits(suite["sim_dir"], progress=False)
 
 
-def measure_speed(profile: dict[str, Any], splits: dict[str, Any]) -> Measured:
+def measure_speed(suite: dict[str, Any], splits: dict[str, Any]) -> Measured:
     from benchmarks.speed import run_speed, speed_table
 
     speed = run_speed(
         splits["train"],
-        batch_size=profile["batch_size"],
-        steps=profile["speed_steps"],
-        warmup=profile["speed_warmup"],
-        repeats=profile["speed_repeats"],
-        compile_model=profile["speed_compile"],
+        batch_size=suite["batch_size"],
+        steps=suite["speed_steps"],
+        warmup=suite["speed_warmup"],
+        repeats=suite["speed_repeats"],
+        compile_model=suite["speed_compile"],
         thread_counts=(1,),
     )
     measured = {
@@ -235,12 +235,12 @@ def measure_speed(profile: dict[str, Any], splits: dict[str, Any]) -> Measured:
     return measured, speed_table(speed)
 
 
-def measure_recipes(profile: dict[str, Any], splits: dict[str, Any]) -> Measured:
-    """The profile's recipe comparisons (one per budget), their tables one after the other."""
+def measure_recipes(suite: dict[str, Any], splits: dict[str, Any]) -> Measured:
+    """The suite's recipe comparisons (one per budget), their tables one after the other."""
     from benchmarks.compare_recipes import compare_recipes, comparison_table
 
     compared = []
-    for budget in profile["recipes"]:
+    for budget in suite["recipes"]:
         chosen = splits
         if budget.get("per_class"):
             chosen = {
@@ -250,55 +250,55 @@ def measure_recipes(profile: dict[str, Any], splits: dict[str, Any]) -> Measured
         names = list(budget["names"]) if budget["names"] else None
         compared.append(
             compare_recipes(
-                chosen, budget["epochs"], list(budget["seeds"]), names, profile["batch_size"]
+                chosen, budget["epochs"], list(budget["seeds"]), names, suite["batch_size"]
             )
         )
     return {"recipes": compared}, "\n\n".join(comparison_table(result) for result in compared)
 
 
-def measure_quality(profile: dict[str, Any], splits: dict[str, Any]) -> Measured:
+def measure_quality(suite: dict[str, Any], splits: dict[str, Any]) -> Measured:
     from benchmarks.quality import quality_table, run_quality
 
     quality = run_quality(
-        splits, profile["quality_epochs"], batch_size=profile["batch_size"], work_dir=DATA_DIR
+        splits, suite["quality_epochs"], batch_size=suite["batch_size"], work_dir=DATA_DIR
     )
     return {"quality": quality}, quality_table(quality)
 
 
-def measure_search(profile: dict[str, Any], splits: dict[str, Any]) -> Measured:
+def measure_search(suite: dict[str, Any], splits: dict[str, Any]) -> Measured:
     from benchmarks.search_cost import run_search_cost, search_cost_table
 
     small = {
-        "train": first_per_class(splits["train"], profile["search_train_per_class"]),
+        "train": first_per_class(splits["train"], suite["search_train_per_class"]),
         "val": splits["val"],
     }
     search = run_search_cost(
         small,
-        epochs=profile["search_epochs"],
-        modes=profile["search_modes"],
-        base_config={"batch_size": profile["batch_size"]},
+        epochs=suite["search_epochs"],
+        modes=suite["search_modes"],
+        base_config={"batch_size": suite["batch_size"]},
         work_dir=DATA_DIR,
     )
     return {"search_cost": search}, search_cost_table(search)
 
 
-def measure_simulate(profile: dict[str, Any], splits: dict[str, Any] | None) -> Measured:
+def measure_simulate(suite: dict[str, Any], splits: dict[str, Any] | None) -> Measured:
     from benchmarks.data_speed import data_speed_table, simulate_rate
 
-    simulate = simulate_rate(profile["simulate_per_class"], work_dir=DATA_DIR)
+    simulate = simulate_rate(suite["simulate_per_class"], work_dir=DATA_DIR)
     measured = {"simulate_images_per_s": simulate["images_per_s"], "simulate": simulate}
     return measured, data_speed_table(simulate, None)
 
 
-def measure_load(profile: dict[str, Any], splits: dict[str, Any] | None) -> Measured:
+def measure_load(suite: dict[str, Any], splits: dict[str, Any] | None) -> Measured:
     from benchmarks.data_speed import data_speed_table, run_load_time
 
-    sources = (splits or _sim_splits(profile))["train"].images.numpy()
-    load = run_load_time(profile["load_images"], sources, work_dir=DATA_DIR)
+    sources = (splits or _sim_splits(suite))["train"].images.numpy()
+    load = run_load_time(suite["load_images"], sources, work_dir=DATA_DIR)
     return {"load_seconds": load}, data_speed_table(None, load)
 
 
-# BENCHMARKS' name (what --only takes): the function measuring it, called with the profile and
+# BENCHMARKS' name (what --only takes): the function measuring it, called with the suite and
 # the simulated splits (None when no chosen benchmark trains).
 MEASURES: dict[str, Callable[[dict[str, Any], dict[str, Any] | None], Measured]] = {
     "speed": measure_speed,

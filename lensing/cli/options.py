@@ -25,6 +25,7 @@ from lensing.core.constants import (
     AUGMENTATION_ALIASES,
     AUGMENTATIONS,
     LAYER_GROUPS,
+    MODELS,
     PRECISIONS,
     REAL_DATA_DIR,
     SCHEDULES,
@@ -52,6 +53,13 @@ class TrainingOption(NamedTuple):
 # (shown in the help) fill in the rest.
 TRAINING_OPTIONS: tuple[TrainingOption, ...] = (
     TrainingOption("--data", "data_dir", "data folder", {}),
+    TrainingOption(
+        "--model",
+        "model",
+        "resnet18, or d4-resnet (D4 group convolutions: turn- and flip-invariant logits; "
+        "random weights only)",
+        {"choices": MODELS},
+    ),
     TrainingOption("--batch-size", "batch_size", "images per step and process", {"type": int}),
     TrainingOption("--weight-decay", "weight_decay", "Adam L2 penalty", {"type": float}),
     TrainingOption(

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from lensing.cli.options import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from lensing.core.constants import MODELS_DIR, PRECISIONS, REPORTS_DIR
+from lensing.core.constants import MODELS_DIR, PRECISIONS, PREDICT_BATCH, REPORTS_DIR
 
 DEFAULT_CHECKPOINT = MODELS_DIR / "best_model.pth"
 DEFAULT_OUT = "predictions.csv"
@@ -70,7 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint, else in reports/; see below)",
     )
     add("--tta", action="store_true", help="average over the 8 rotations and flips")
-    add("--batch-size", type=_batch_size, default=64, help="images at once (%(default)s)")
+    add(
+        "--batch-size",
+        type=_batch_size,
+        default=PREDICT_BATCH,
+        help="images at once (%(default)s)",
+    )
     add("--device", default="auto", help="auto, cpu, cuda[:N] or mps (%(default)s)")
     add(
         "--precision",

@@ -51,7 +51,7 @@ import pandas as pd
 import torch
 
 from lensing.core.atomic import atomic_write_bytes
-from lensing.core.constants import CLASSES, IMAGE_SIZE, REPORTS_DIR
+from lensing.core.constants import CLASSES, IMAGE_SIZE, PREDICT_BATCH, REPORTS_DIR
 from lensing.core.progress import bar
 from lensing.core.runtime import pick_device, resolve_precision
 from lensing.data import ood
@@ -83,7 +83,7 @@ def predict_files(
     *,
     calibration: str | Path | None = None,
     tta: bool = False,
-    batch_size: int = 64,
+    batch_size: int = PREDICT_BATCH,
     device: str | torch.device = "auto",
     precision: str = "auto",
     hdu: int | str | None = None,

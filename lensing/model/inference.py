@@ -89,7 +89,8 @@ def batch_probabilities(
 
 
 def load_trained_model(checkpoint: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The ResNet18 a checkpoint holds, with its record (``load_checkpoint``'s dict).
+    """The network a checkpoint holds (its config's ``model``: a ResNet18 for checkpoints
+    written before there was a choice), with its record (``load_checkpoint``'s dict).
 
     Raises CheckpointError for an unreadable file and ValueError for a checkpoint of other
     classes than ``CLASSES``.
@@ -101,12 +102,13 @@ def load_trained_model(checkpoint: str | Path) -> tuple[torch.nn.Module, dict[st
             f"checkpoint {checkpoint} was trained on classes {list(classes)}; expected "
             f"{list(CLASSES)}"
         )
-    model = build_model("none", num_classes=len(classes))
+    backbone = (state.get("config") or {}).get("model", "resnet18")
+    model = build_model("none", num_classes=len(classes), model=backbone)
     try:
         model.load_state_dict(plain_state_dict(state["model"]))
     except (RuntimeError, KeyError) as error:
         raise CheckpointError(
-            f"checkpoint {checkpoint} does not hold a ResNet18 of this package: "
+            f"checkpoint {checkpoint} does not hold a {backbone} of this package: "
             f"{first_line(error)}",
             checkpoint,
         ) from error

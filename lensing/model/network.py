@@ -1,5 +1,6 @@
-"""The classifier: a torchvision ResNet18 with a one-channel stem and three outputs, its layer
-groups, and its placement on a device (memory layout, DistributedDataParallel wrapper)."""
+"""The classifier: a torchvision ResNet18 with a one-channel stem and three outputs (or the D4
+ResNet of :mod:`lensing.model.equivariant`), its layer groups, and its placement on a device
+(memory layout, DistributedDataParallel wrapper)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
 from lensing.core import distributed
-from lensing.core.constants import CLASSES, LAYER_GROUPS
+from lensing.core.constants import CLASSES, LAYER_GROUPS, MODELS
 from lensing.core.runtime import plain_state_dict, unwrap
+from lensing.model.equivariant import build_equivariant
 from lensing.model.lensing_weights import load_lensing_weights, weights_label
 
 # Top-level ResNet18 modules of each layer group; each group gets its own learning rate.
@@ -30,10 +32,15 @@ GROUP_MODULES = {
 DOWNLOAD_TIMEOUT_S = 15.0
 # Why this process has no ImageNet weights, once it has found out (None: not failed yet).
 _imagenet_failure: str | None = None
+# Backbones this process has said it starts from random weights (no pretrained ones exist).
+_said_random: set[str] = set()
 
 
-def build_model(pretrained: str | Path = "imagenet", num_classes: int = len(CLASSES)) -> nn.Module:
-    """A ResNet18 for (N, 1, H, W) images with ``num_classes`` logits; every layer trainable.
+def build_model(
+    pretrained: str | Path = "imagenet", num_classes: int = len(CLASSES), model: str = "resnet18"
+) -> nn.Module:
+    """A ResNet18 (or ``model``) for (N, 1, H, W) images with ``num_classes`` logits; every
+    layer trainable.
 
     Parameters
     ----------
@@ -48,6 +55,9 @@ def build_model(pretrained: str | Path = "imagenet", num_classes: int = len(CLAS
         (its ``model`` entry). In every case the final layer is new unless the weights' fc
         already has ``num_classes`` outputs.
     num_classes : int, number of output logits.
+    model : "resnet18" or "d4-resnet" (:data:`lensing.core.constants.MODELS`). No pretrained
+        weights exist for "d4-resnet": "imagenet" starts it from random weights and says so
+        once, "lensing" (ResNet18's) is an error, a path must hold a d4-resnet's weights.
 
     Returns
     -------
@@ -64,12 +74,19 @@ def build_model(pretrained: str | Path = "imagenet", num_classes: int = len(CLAS
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1; got {num_classes!r}")
+    if model not in MODELS:
+        raise ValueError(f"model {model!r}; expected one of {', '.join(MODELS)}")
+    if model == "d4-resnet":
+        return _build_d4(str(pretrained), num_classes)
+    return _build_resnet18(str(pretrained), num_classes)
+
+
+def _build_resnet18(source: str, num_classes: int) -> nn.Module:
     model = resnet18(weights=None, num_classes=num_classes)
     model.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
     # Same initialization torchvision gives its own convolutions.
     nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
 
-    source = str(pretrained)
     model.is_pretrained, model.weights = True, source
     state = _imagenet_state_dict() if source == "imagenet" else None
     if source == "none":
@@ -89,6 +106,35 @@ def build_model(pretrained: str | Path = "imagenet", num_classes: int = len(CLAS
         _load_weights(model, _read_weights_file(path), str(path))
     for parameter in model.parameters():
         parameter.requires_grad_(True)
+    return model
+
+
+def _build_d4(source: str, num_classes: int) -> nn.Module:
+    """A D4 ResNet: random weights, or those of a file written for one."""
+    model = build_equivariant(num_classes)
+    if source == "lensing":
+        raise ValueError(
+            "the package's lensing weights are ResNet18's; a d4-resnet starts from random "
+            "weights (--pretrained none) or from a d4-resnet weights file"
+        )
+    if source in ("none", "imagenet"):
+        if source == "imagenet" and "d4-resnet" not in _said_random:
+            _said_random.add("d4-resnet")
+            print(
+                "NOTE: no pretrained weights exist for d4-resnet: it starts from random "
+                "weights (the results say weights 'none').",
+                file=sys.stderr,
+                flush=True,
+            )
+        return model
+    path = Path(source)
+    if not path.is_file():
+        raise ValueError(f"pretrained={source!r} is neither 'none' nor an existing file")
+    try:
+        model.load_state_dict(plain_state_dict(_read_weights_file(path)))
+    except RuntimeError as error:
+        raise ValueError(f"{path} does not hold d4-resnet weights: {error}") from error
+    model.is_pretrained, model.weights = True, str(path)
     return model
 
 

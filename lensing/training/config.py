@@ -16,6 +16,7 @@ from lensing.core.constants import (
     AUGMENTATIONS,
     BATCH_SIZE,
     LAYER_GROUPS,
+    MODELS,
     MODELS_DIR,
     PRECISIONS,
     SCHEDULES,
@@ -45,6 +46,9 @@ class TrainConfig:
     lr_late: float = 3e-4  # Adam lr of layer3, layer4
     lr_fc: float = 1e-3  # Adam lr of the final fully connected layer
     weight_decay: float = 0.0  # Adam L2 penalty, same for every group
+    # The backbone: "resnet18" (torchvision's, the seed's) or "d4-resnet" (D4 group convolutions:
+    # the same logits for every turn and flip of an image; no pretrained weights exist for it).
+    model: str = "resnet18"
     # "imagenet" (the package's "lensing" weights where ImageNet's cannot be had), "lensing",
     # "none" (random init) or a PATH to a weights file.
     pretrained: str = "imagenet"
@@ -96,6 +100,7 @@ class TrainConfig:
         _require("stretch", self.stretch, lambda v: v in STRETCHES, f"one of {STRETCHES}")
         _require("schedule", self.schedule, lambda v: v in SCHEDULES, f"one of {SCHEDULES}")
         _require("precision", self.precision, lambda v: v in PRECISIONS, f"one of {PRECISIONS}")
+        _require("model", self.model, lambda v: v in MODELS, f"one of {MODELS}")
         _require("augment", self.augment, lambda v: v in AUGMENTATIONS, f"one of {AUGMENTATIONS}")
 
     @classmethod

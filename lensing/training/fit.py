@@ -248,7 +248,7 @@ def _initial_model(config: TrainConfig, state: dict[str, Any] | None) -> tuple[n
     name of the weights it started from ("none": random)."""
     if state is not None:
         # Resumed weights come from the checkpoint, so the ImageNet ones need not be fetched.
-        model = build_model("none", num_classes=len(CLASSES))
+        model = build_model("none", num_classes=len(CLASSES), model=config.model)
         _load_part(model, state["model"], config)
         # Checkpoints from before the weights were recorded hold the flag only.
         flag = config.pretrained if state.get("pretrained") else "none"
@@ -257,11 +257,12 @@ def _initial_model(config: TrainConfig, state: dict[str, Any] | None) -> tuple[n
     built: dict[str, nn.Module] = {}
 
     def build() -> str:
-        built["model"] = build_model(config.pretrained, num_classes=len(CLASSES))
+        built["model"] = build_model(config.pretrained, len(CLASSES), model=config.model)
         return built["model"].weights
 
     weights = distributed.on_main_then_shared(build)
-    return built.get("model") or build_model("none", num_classes=len(CLASSES)), weights
+    fresh = built.get("model") or build_model("none", len(CLASSES), model=config.model)
+    return fresh, weights
 
 
 def _load_part(target: Any, saved: dict[str, Any], config: TrainConfig) -> None:

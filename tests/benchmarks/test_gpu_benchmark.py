@@ -71,7 +71,7 @@ def test_the_prepared_gpu_run_passes_in_its_tiny_cpu_mode(tmp_path: Path) -> Non
     tests = summary["cuda_tests"]
     assert tests["tests"] >= 5 and tests["skipped"] == tests["tests"]
     report = summary["benchmark"]
-    assert report["profile"] == "tiny" and report["device"]["type"] == "cpu"
+    assert report["suite"] == "tiny" and report["device"]["type"] == "cpu"
     (train,) = report["train"]
     assert train["batch_size"] == 4 and train["compile"] is False
     assert train["images"] == 12 and train["images_per_s"] > 0  # 3 batches of 4
