@@ -33,14 +33,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.common import log, machine, markdown_table, spread
 from benchmarks.speed import CPU, one_batch_epoch
 from lensing.core.atomic import atomic_write_json
-from lensing.core.constants import IMAGE_SIZE
+from lensing.core.constants import D4_RESNET, IMAGE_SIZE, RESNET18
 from lensing.core.rng import seed_everything
-from lensing.model.equivariant import D4_RESNET, DEFAULT_WIDTHS, build_equivariant
+from lensing.model.equivariant import DEFAULT_WIDTHS, build_equivariant
 from lensing.model.network import build_model, prepare_model
 from lensing.training.config import TrainConfig
 from lensing.training.optim import make_optimizer
 
-RESNET18 = "resnet18"
 # What a rate is measured against: images per wall-clock second, and per second of this
 # process's CPU time (all its threads), which other jobs on the machine disturb less.
 CLOCKS = {"wall": "images/s", "cpu": "images / CPU s"}

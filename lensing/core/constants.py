@@ -21,7 +21,8 @@ SPLITS = ("train", "val", "test")
 LAYER_GROUPS = ("early", "middle", "late", "fc")  # one learning rate each
 # The backbones: torchvision's ResNet18 (the seed's), and a ResNet of D4 group convolutions
 # whose logits do not change when an image is turned by 90 degrees or flipped.
-MODELS = ("resnet18", "d4-resnet")
+RESNET18, D4_RESNET = "resnet18", "d4-resnet"
+MODELS = (RESNET18, D4_RESNET)
 BATCH_SIZE = 64  # images per optimizer step: the default of training and pretraining
 PREDICT_BATCH = 64  # files predict reads and classifies at once (bounds its memory)
 MANIFEST = "manifest.json"  # written by the simulator; its presence marks a set as simulated

@@ -72,7 +72,6 @@ from torch import Tensor, nn
 
 from lensing.core.constants import CLASSES
 
-D4_RESNET = "d4-resnet"  # the backbone's name, beside ResNet18's
 GROUP_ORDER = 8  # elements of D4: 4 turns x {unflipped, flipped}
 STEM_KERNEL = 8  # even, so that the stride-2 stem is centred on an even side (150)
 # Fields (group channels / 8) of layer1..layer4. ResNet18's widths are 64, 128, 256, 512.

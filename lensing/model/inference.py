@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lensing.core.constants import CLASSES
+from lensing.core.constants import CLASSES, RESNET18
 from lensing.core.runtime import autocast, pick_device, plain_state_dict, resolve_precision
 from lensing.data.augment import d4_views
 from lensing.data.batches import ordered_batches
@@ -102,7 +102,7 @@ def load_trained_model(checkpoint: str | Path) -> tuple[torch.nn.Module, dict[st
             f"checkpoint {checkpoint} was trained on classes {list(classes)}; expected "
             f"{list(CLASSES)}"
         )
-    backbone = (state.get("config") or {}).get("model", "resnet18")
+    backbone = (state.get("config") or {}).get("model", RESNET18)
     model = build_model("none", num_classes=len(classes), model=backbone)
     try:
         model.load_state_dict(plain_state_dict(state["model"]))

@@ -15,7 +15,7 @@ from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
 from lensing.core import distributed
-from lensing.core.constants import CLASSES, LAYER_GROUPS, MODELS
+from lensing.core.constants import CLASSES, D4_RESNET, LAYER_GROUPS, MODELS, RESNET18
 from lensing.core.runtime import plain_state_dict, unwrap
 from lensing.model.equivariant import build_equivariant
 from lensing.model.lensing_weights import load_lensing_weights, weights_label
@@ -37,7 +37,7 @@ _said_random: set[str] = set()
 
 
 def build_model(
-    pretrained: str | Path = "imagenet", num_classes: int = len(CLASSES), model: str = "resnet18"
+    pretrained: str | Path = "imagenet", num_classes: int = len(CLASSES), model: str = RESNET18
 ) -> nn.Module:
     """A ResNet18 (or ``model``) for (N, 1, H, W) images with ``num_classes`` logits; every
     layer trainable.
@@ -76,7 +76,7 @@ def build_model(
         raise ValueError(f"num_classes must be at least 1; got {num_classes!r}")
     if model not in MODELS:
         raise ValueError(f"model {model!r}; expected one of {', '.join(MODELS)}")
-    if model == "d4-resnet":
+    if model == D4_RESNET:
         return _build_d4(str(pretrained), num_classes)
     return _build_resnet18(str(pretrained), num_classes)
 
@@ -118,8 +118,8 @@ def _build_d4(source: str, num_classes: int) -> nn.Module:
             "weights (--pretrained none) or from a d4-resnet weights file"
         )
     if source in ("none", "imagenet"):
-        if source == "imagenet" and "d4-resnet" not in _said_random:
-            _said_random.add("d4-resnet")
+        if source == "imagenet" and D4_RESNET not in _said_random:
+            _said_random.add(D4_RESNET)
             print(
                 "NOTE: no pretrained weights exist for d4-resnet: it starts from random "
                 "weights (the results say weights 'none').",

@@ -19,6 +19,7 @@ from lensing.core.constants import (
     MODELS,
     MODELS_DIR,
     PRECISIONS,
+    RESNET18,
     SCHEDULES,
     SIMULATED_DATA_DIR,
     STRETCHES,
@@ -48,7 +49,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # Adam L2 penalty, same for every group
     # The backbone: "resnet18" (torchvision's, the seed's) or "d4-resnet" (D4 group convolutions:
     # the same logits for every turn and flip of an image; no pretrained weights exist for it).
-    model: str = "resnet18"
+    model: str = RESNET18
     # "imagenet" (the package's "lensing" weights where ImageNet's cannot be had), "lensing",
     # "none" (random init) or a PATH to a weights file.
     pretrained: str = "imagenet"

@@ -323,3 +323,16 @@ def test_difficulty_trains_every_preset_beside_its_baseline(tmp_path, capsys):
     assert len(list((tmp_path / "sets").glob("*_6-3-3"))) == 2
     printed = capsys.readouterr().out
     assert "model-a subhalo_mass=1e+09/1e+10" in printed and "images seen" in printed
+
+
+def test_backbone_speed_times_both_networks_side_by_side(tmp_path, capsys):
+    from benchmarks.backbone_speed import main as backbone_speed
+
+    out = tmp_path / "backbone.json"
+    argv = ["--batch", "4", "--steps", "1", "--warmup", "0", "--repeats", "1"]
+    argv += ["--precision", "fp32", "--widths", "2", "3", "4", "5", "--out", str(out)]
+    assert backbone_speed(argv) == 0
+    report = json.loads(out.read_text())
+    assert set(report["models"]) == {"resnet18", "d4-resnet"}
+    assert report["models"]["d4-resnet"]["widths"] == [2, 3, 4, 5]
+    assert "time ratio d4 / resnet" in capsys.readouterr().out
