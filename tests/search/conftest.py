@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 import torch
 from pg_server import PostgresUnavailable, postgres_server
@@ -123,3 +124,12 @@ def _write_easy_set(root: Path, counts: dict[str, int], seed: int = 0) -> Path:
 def write_easy_set():
     """The function that writes an easily learned set: ``write_easy_set(root, counts)``."""
     return _write_easy_set
+
+
+@pytest.fixture
+def quiet_optuna():
+    """Optuna's log at ERROR for the test (its per-trial lines and warnings), then as it was."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    yield
+    optuna.logging.set_verbosity(verbosity)

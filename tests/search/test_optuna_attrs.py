@@ -27,12 +27,7 @@ GRID = {"early": [1e-4], "middle": [1e-4], "late": [1e-4, 1e-3], "fc": [1e-3]}
 COMBO = Combo(1e-4, 1e-4, 1e-3, 1e-3)
 
 
-@pytest.fixture(autouse=True)
-def _quiet_optuna():
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    yield
-    optuna.logging.set_verbosity(verbosity)
+pytestmark = pytest.mark.usefixtures("quiet_optuna")
 
 
 def test_enqueue_trial_keeps_its_params_where_we_read_them() -> None:
