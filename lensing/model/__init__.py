@@ -2,7 +2,8 @@
 weights, checkpoints (written whole, read with their contract checked), and running a model
 over images (inference, with D4 test-time averaging).
 
-- :mod:`~lensing.model.network`: ``build_model``, ``prepare_model``, ``layer_groups``;
+- :mod:`~lensing.model.network`: ``build_model``, ``build_like``, ``prepare_model``,
+  ``layer_groups``;
 - :mod:`~lensing.model.lensing_weights`: the shipped weights, their hash and label;
 - :mod:`~lensing.model.checkpoint`: ``save_checkpoint``, ``load_checkpoint``,
   ``CheckpointError``;
@@ -13,6 +14,7 @@ from lensing.core.lazy import lazy_exports
 
 _EXPORTS = {
     "build_model": "network",
+    "build_like": "network",
     "prepare_model": "network",
     "layer_groups": "network",
     "CheckpointError": "checkpoint",

@@ -47,24 +47,20 @@ tap but computes like a plain convolution of ``8 C`` to ``8 C'`` channels, ``64 
 multiply-adds: parameters and compute cannot both match ResNet18's. Matching its 11.2 M
 parameters (widths / sqrt(8): ``PARAMETER_MATCHED_WIDTHS``) costs 7.5x its forward FLOPs;
 matching its FLOPs (widths / 8) leaves an eighth of the parameters. ``DEFAULT_WIDTHS``
-(12, 24, 48, 96 fields: 96 to 768 group channels, 1.5x ResNet18's channels, multiples of 32
-as bf16 matrix units like) sits in between: 3.14 M parameters (0.28x), 3.54 GFLOP forward per
-150 x 150 image (2.1x), and a training step measured at 2.0x ResNet18's time per image in bf16
-and 2.1x in fp32 (``benchmarks.backbone_speed``, one thread, on a 2-core Xeon with AMX shared
-with other jobs). 11 fields per 64 channels measured 1.8x in fp32 but no faster in bf16
-(probably as 88 channels fill the matrix tiles less well); 8 per 64 is as fast as ResNet18,
-with 1.4 M parameters.
+(10, 20, 40, 80 fields: 80 to 640 group channels, 1.25x ResNet18's, multiples of 16 as bf16
+matrix units like) sits in between: 2.18 M parameters (0.2x), 2.47 GFLOP forward per
+150 x 150 image (1.5x), a training step 1.5-1.7x ResNet18's time per image in bf16 and 1.6x
+in fp32 (``benchmarks.backbone_speed``, 2-core Xeon with AMX). The first widths, (12, 24, 48,
+96), cost 2.6x (bf16) and 2.5x (fp32); their checkpoints still load (``widths_of``).
 
 Cost of the weights. The full filter bank (8x the parameters) is rebuilt from the base weights
-by one gather and one layout copy at every forward pass, and its gradient scattered back at
-every backward pass, so the weights stay tied exactly while training. For the default widths
-that is 25 M values per pass, a few percent of a training step at batch 32 on the CPU
-(profiled); under autocast the base weights are cast before the gather, so the copies are made
-in bf16. The parameter-matched widths rebuild 90 M values per pass. A frozen model could cache
-the bank; inference here rebuilds it like training.
+by one gather at every forward pass (in bf16 under autocast) and its gradient scattered back,
+so the weights stay tied exactly: a few percent of a training step on the CPU (profiled).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -75,7 +71,7 @@ from lensing.core.constants import CLASSES
 GROUP_ORDER = 8  # elements of D4: 4 turns x {unflipped, flipped}
 STEM_KERNEL = 8  # even, so that the stride-2 stem is centred on an even side (150)
 # Fields (group channels / 8) of layer1..layer4. ResNet18's widths are 64, 128, 256, 512.
-DEFAULT_WIDTHS = (12, 24, 48, 96)  # 2.1x ResNet18's FLOPs, 0.28x its parameters
+DEFAULT_WIDTHS = (10, 20, 40, 80)  # 1.5x ResNet18's FLOPs, 0.2x its parameters
 PARAMETER_MATCHED_WIDTHS = (23, 45, 91, 181)  # ResNet18's parameters, 7.5x its FLOPs
 GROUP_POOLS = ("max", "mean")
 
@@ -376,6 +372,16 @@ class D4ResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.features(x))
+
+
+def widths_of(weights: Mapping[str, Tensor]) -> tuple[int, int, int, int]:
+    """The fields per stage of the ``D4ResNet`` whose state dict ``weights`` is (the output
+    fields of each stage's first convolution); ``DEFAULT_WIDTHS`` when it holds none, so that
+    loading it fails with the usual missing-keys error."""
+    keys = [f"layer{stage}.0.conv1.weight" for stage in range(1, 5)]
+    if not all(key in weights for key in keys):
+        return DEFAULT_WIDTHS
+    return tuple(int(weights[key].shape[0]) for key in keys)
 
 
 def build_equivariant(

@@ -15,7 +15,7 @@ from lensing.data.augment import d4_views
 from lensing.data.batches import ordered_batches
 from lensing.data.stretch import apply_stretch
 from lensing.model.checkpoint import CheckpointError, first_line, load_checkpoint
-from lensing.model.network import build_model
+from lensing.model.network import build_like
 
 
 def predict_split(
@@ -103,9 +103,10 @@ def load_trained_model(checkpoint: str | Path) -> tuple[torch.nn.Module, dict[st
             f"{list(CLASSES)}"
         )
     backbone = (state.get("config") or {}).get("model", RESNET18)
-    model = build_model("none", num_classes=len(classes), model=backbone)
+    weights = plain_state_dict(state["model"])
+    model = build_like(weights, len(classes), backbone)
     try:
-        model.load_state_dict(plain_state_dict(state["model"]))
+        model.load_state_dict(weights)
     except (RuntimeError, KeyError) as error:
         raise CheckpointError(
             f"checkpoint {checkpoint} does not hold a {backbone} of this package: "

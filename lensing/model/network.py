@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import socket
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -17,7 +18,7 @@ from torchvision.models import ResNet18_Weights, resnet18
 from lensing.core import distributed
 from lensing.core.constants import CLASSES, D4_RESNET, LAYER_GROUPS, MODELS, RESNET18
 from lensing.core.runtime import plain_state_dict, unwrap
-from lensing.model.equivariant import build_equivariant
+from lensing.model.equivariant import build_equivariant, widths_of
 from lensing.model.lensing_weights import load_lensing_weights, weights_label
 
 # Top-level ResNet18 modules of each layer group; each group gets its own learning rate.
@@ -109,9 +110,20 @@ def _build_resnet18(source: str, num_classes: int) -> nn.Module:
     return model
 
 
+def build_like(
+    weights: Mapping[str, torch.Tensor], num_classes: int = len(CLASSES), model: str = RESNET18
+) -> nn.Module:
+    """A randomly initialized ``model`` (as ``build_model("none", ...)``) shaped to take the
+    state dict ``weights``: a d4-resnet gets the widths its weights have, so checkpoints of
+    other widths (those before the default became (10, 20, 40, 80) have (12, 24, 48, 96)) load."""
+    if model == D4_RESNET:
+        return build_equivariant(num_classes, widths_of(weights))
+    return build_model("none", num_classes, model)
+
+
 def _build_d4(source: str, num_classes: int) -> nn.Module:
-    """A D4 ResNet: random weights, or those of a file written for one."""
-    model = build_equivariant(num_classes)
+    """A D4 ResNet: random weights (the default widths), or those of a file written for one
+    (its widths)."""
     if source == "lensing":
         raise ValueError(
             "the package's lensing weights are ResNet18's; a d4-resnet starts from random "
@@ -126,12 +138,14 @@ def _build_d4(source: str, num_classes: int) -> nn.Module:
                 file=sys.stderr,
                 flush=True,
             )
-        return model
+        return build_equivariant(num_classes)
     path = Path(source)
     if not path.is_file():
         raise ValueError(f"pretrained={source!r} is neither 'none' nor an existing file")
+    weights = plain_state_dict(_read_weights_file(path))
+    model = build_equivariant(num_classes, widths_of(weights))
     try:
-        model.load_state_dict(plain_state_dict(_read_weights_file(path)))
+        model.load_state_dict(weights)
     except RuntimeError as error:
         raise ValueError(f"{path} does not hold d4-resnet weights: {error}") from error
     model.is_pretrained, model.weights = True, str(path)

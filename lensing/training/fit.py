@@ -53,7 +53,7 @@ from lensing.model.checkpoint import (
     first_line,
     read_resume_state,
 )
-from lensing.model.network import build_model, prepare_model
+from lensing.model.network import build_like, build_model, prepare_model
 from lensing.training.config import TrainConfig
 from lensing.training.optim import current_lrs, make_optimizer, make_scheduler
 from lensing.training.steps import train_one_epoch, validate
@@ -248,7 +248,7 @@ def _initial_model(config: TrainConfig, state: dict[str, Any] | None) -> tuple[n
     name of the weights it started from ("none": random)."""
     if state is not None:
         # Resumed weights come from the checkpoint, so the ImageNet ones need not be fetched.
-        model = build_model("none", num_classes=len(CLASSES), model=config.model)
+        model = build_like(state["model"], len(CLASSES), config.model)
         _load_part(model, state["model"], config)
         # Checkpoints from before the weights were recorded hold the flag only.
         flag = config.pretrained if state.get("pretrained") else "none"

@@ -13,7 +13,8 @@ import torch
 
 from lensing.cli import main
 from lensing.core.constants import CLASSES
-from lensing.model.equivariant import D4ResNet
+from lensing.model import network
+from lensing.model.equivariant import D4ResNet, build_equivariant
 from lensing.model.inference import load_trained_model
 from lensing.model.network import build_model, layer_groups
 from lensing.training.config import TrainConfig
@@ -78,3 +79,33 @@ def test_predict_gives_one_answer_for_every_turn_and_flip(trained: dict, tmp_pat
     probabilities = table[[f"p_{c}" for c in CLASSES]].to_numpy()
     assert len(table) == 8
     np.testing.assert_allclose(probabilities, probabilities[:1].repeat(8, axis=0), atol=1e-5)
+
+
+def test_d4_weights_of_other_widths_load_with_their_widths(tmp_path: Path) -> None:
+    """A weights file of a d4-resnet narrower than the default (as checkpoints of the first
+    default, (12, 24, 48, 96), are wider) builds the network of its own widths, same logits."""
+    source = build_equivariant(widths=(2, 3, 4, 5)).eval()
+    path = tmp_path / "narrow.pth"
+    torch.save(source.state_dict(), path)
+    loaded = build_model(str(path), model="d4-resnet").eval()
+    assert loaded.widths == (2, 3, 4, 5) and loaded.is_pretrained
+    x = torch.rand(2, 1, 150, 150)
+    torch.testing.assert_close(loaded(x), source(x), rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_a_d4_checkpoint_of_other_widths_resumes_and_predicts(
+    write_set, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trained at widths (4, 4, 4, 4), then resumed and loaded by code whose default differs:
+    the checkpoint's own widths are built, so nothing is refused or retrained."""
+    data = write_set(tmp_path / "set", {"train": 4, "val": 2, "test": 2})
+    fields = {"data_dir": str(data), "out_dir": str(tmp_path / "run"), "model": "d4-resnet"}
+    fields |= {"pretrained": "none", "batch_size": 4, "precision": "fp32", "epochs": 1}
+    with monkeypatch.context() as patch:
+        patch.setattr(network, "build_equivariant", lambda n: build_equivariant(n, (4, 4, 4, 4)))
+        fit(TrainConfig(**fields), progress=False)
+    resumed = fit(TrainConfig(**fields | {"epochs": 2, "resume": True}), progress=False)
+    assert [e["epoch"] for e in resumed["history"]] == [1, 2]
+    model, _ = load_trained_model(tmp_path / "run" / "checkpoint.pth")
+    assert model.widths == (4, 4, 4, 4)
