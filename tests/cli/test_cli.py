@@ -13,6 +13,7 @@ import pytest
 
 from lensing.cli import COMMANDS, command_module, main
 from lensing.cli.options import TRAINING_FLAGS, TRAINING_OPTIONS, add_training_options, dest
+from lensing.core.constants import LAYER_GROUPS
 from lensing.training.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,6 +74,28 @@ def test_training_fields_follow_the_recipe_then_the_options() -> None:
     assert fields["data_dir"] == "d" and fields["augment"] == "flip-affine"
     assert fields["lr_fc"] == 2.0 and fields["lr_early"] == 1e-4
     assert not any(k.startswith("lr_") for k in training_fields(args, with_rates=False))
+
+
+def test_the_default_recipe_from_random_weights_takes_the_from_scratch_rates() -> None:
+    """Fine-tuning rates (1e-5 for early layers) are for pretrained weights; a network that
+    starts random (--pretrained none, or a d4-resnet without a weights file) gets 1e-3."""
+    from lensing.cli.options import training_fields
+    from lensing.cli.train import build_parser
+    from lensing.training.recipes import recipe_rates
+
+    def rates(*argv: str) -> dict[str, float]:
+        config = TrainConfig(**training_fields(build_parser().parse_args(["--data", "d", *argv])))
+        return {g: getattr(config, f"lr_{g}") for g in LAYER_GROUPS}
+
+    fine_tuning, scratch = recipe_rates("default"), recipe_rates("from-scratch")
+    assert fine_tuning["early"] < scratch["early"]
+    assert rates() == rates("--pretrained", "lensing") == fine_tuning
+    assert rates("--pretrained", "none") == rates("--model", "d4-resnet") == scratch
+    assert rates("--model", "d4-resnet", "--pretrained", "weights.pth") == fine_tuning
+    assert rates("--model", "d4-resnet", "--lr-early", "2e-3")["early"] == 2e-3
+    assert rates("--model", "d4-resnet", "--recipe", "seed-notebook") == recipe_rates(
+        "seed-notebook"
+    )
 
 
 def test_package_download_help_exits_0() -> None:
