@@ -49,9 +49,10 @@ parameters (widths / sqrt(8): ``PARAMETER_MATCHED_WIDTHS``) costs 7.5x its forwa
 matching its FLOPs (widths / 8) leaves an eighth of the parameters. ``DEFAULT_WIDTHS``
 (10, 20, 40, 80 fields: 80 to 640 group channels, 1.25x ResNet18's, multiples of 16 as bf16
 matrix units like) sits in between: 2.18 M parameters (0.2x), 2.47 GFLOP forward per
-150 x 150 image (1.5x), a training step 1.5-1.7x ResNet18's time per image in bf16 and 1.6x
-in fp32 (``benchmarks.backbone_speed``, 2-core Xeon with AMX). The first widths, (12, 24, 48,
-96), cost 2.6x (bf16) and 2.5x (fp32); their checkpoints still load (``widths_of``).
+150 x 150 image (1.5x), a training step 1.4-1.7x ResNet18's time per image in bf16 and
+1.4-1.6x in fp32 (``benchmarks.backbone_speed``, 2-core Xeon with AMX). The first widths, (12,
+24, 48, 96), cost 1.5-2.6x (bf16) and 2.1-2.5x (fp32), and learned less from random weights
+(docs/benchmarks.md); their checkpoints still load (``widths_of``).
 
 Cost of the weights. The full filter bank (8x the parameters) is rebuilt from the base weights
 by one gather at every forward pass (in bf16 under autocast) and its gradient scattered back,
