@@ -143,7 +143,7 @@ def _build_d4(source: str, num_classes: int) -> nn.Module:
     if not path.is_file():
         raise ValueError(f"pretrained={source!r} is neither 'none' nor an existing file")
     weights = plain_state_dict(_read_weights_file(path))
-    model = build_equivariant(num_classes, widths_of(weights))
+    model = build_like(weights, num_classes, D4_RESNET)
     try:
         model.load_state_dict(weights)
     except RuntimeError as error:
