@@ -38,7 +38,7 @@ from lensing.search.recovery import (
     requeue,
     retried_trial,
 )
-from lensing.search.study import STRAY, combos_by_state, frozen_trial, trial_combo
+from lensing.search.study import STRAY, combos_by_state, frozen_trial, own_attr, trial_combo
 from lensing.training.fit import TrainConfig, fit
 
 
@@ -255,12 +255,13 @@ class Worker:
             for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             if trial_combo(t) in running
         ]
-        if {t.number for t in trials} - waited_on:
-            waited_on |= {t.number for t in trials}
-            who = ", ".join(
-                f"trial {t.number} on {(t.user_attrs.get('worker') or {}).get('host')}"
-                for t in trials
-            )
+        # A trial is named once its worker has recorded itself (a moment after it starts; a
+        # retried trial's copied record names the dead worker), so the message names the host.
+        hosts = {t.number: (own_attr(t, "worker") or {}).get("host") for t in trials}
+        new = {n for n, host in hosts.items() if host is not None} - waited_on
+        if new:
+            waited_on |= new
+            who = ", ".join(f"trial {n} on {hosts[n]}" for n in sorted(new))
             self.log(
                 f"waiting for {who}; a trial whose heartbeat stops for {self.grace_period} s "
                 "is taken over here"

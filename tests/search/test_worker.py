@@ -127,3 +127,22 @@ def test_a_dead_local_worker_is_failed_at_once_and_retried(search) -> None:
     assert fail_dead_trials(study, retry) == []
     assert _fail(study, 0) is None
     assert len(study.trials) == 3
+
+
+def test_a_waiting_worker_names_the_host_once_the_trial_records_it(search) -> None:
+    """The other worker records its host a moment after its trial starts; the worker that
+    waits names that host (not "None"), once, as soon as it is recorded."""
+    rdb, study, objective, lines = search
+    with pytest.warns(UserWarning, match="Heartbeat of storage"):
+        trial = study.ask()  # another worker's trial, its host not recorded yet
+    waiter = Worker(objective, 0.01, 3, rdb.get_heartbeat_stale_trial_callback())
+    running, waited_on = {trial_combo(study.trials[0])}, set()
+    waiter._wait_for_others(running, waited_on)
+    assert lines == [] and waited_on == set()
+    trial.set_user_attr("worker", {"host": "other-host", "pid": 1, "trial": trial.number})
+    for _ in range(2):
+        waiter._wait_for_others(running, waited_on)
+    assert len(lines) == 1 and lines[0].startswith(
+        f"waiting for trial {trial.number} on other-host"
+    )
+    assert waited_on == {trial.number}
