@@ -53,6 +53,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "from-scratch, lr 1e-4": SCRATCH | {f"lr_{g}": 1e-4 for g in LAYER_GROUPS},
     # The other backbone (lensing.model.equivariant), from random weights: none pretrained exist.
     "from-scratch, d4-resnet": SCRATCH | {"model": "d4-resnet"},
+    "from-scratch, d4-resnet, warm-up 0.1": SCRATCH
+    | {"model": "d4-resnet", "onecycle_warmup": 0.1},
     # Per-group rates for fine-tuning pretrained weights: early layers move less. "gentle" is
     # the default since it measured best (docs/pretraining.md); "graded" moves them more.
     "graded": recipe_fields("default")
