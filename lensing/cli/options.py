@@ -95,6 +95,12 @@ TRAINING_OPTIONS: tuple[TrainingOption, ...] = (
         {"choices": SCHEDULES},
     ),
     TrainingOption(
+        "--warmup",
+        "onecycle_warmup",
+        "onecycle: share of the steps spent raising the learning rates, in (0, 1)",
+        {"type": float},
+    ),
+    TrainingOption(
         "--early-stopping",
         "early_stopping",
         "stop after N epochs without progress",

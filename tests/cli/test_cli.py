@@ -98,6 +98,19 @@ def test_the_default_recipe_from_random_weights_takes_the_from_scratch_rates() -
     )
 
 
+def test_warmup_sets_the_one_cycle_share_and_refuses_one_outside_0_1() -> None:
+    from lensing.cli.options import training_fields
+    from lensing.cli.train import build_parser
+
+    def config(*argv: str) -> TrainConfig:
+        return TrainConfig(**training_fields(build_parser().parse_args(["--data", "d", *argv])))
+
+    assert config().onecycle_warmup == TrainConfig.__dataclass_fields__["onecycle_warmup"].default
+    assert config("--warmup", "0.1").onecycle_warmup == 0.1
+    with pytest.raises(ValueError, match="onecycle_warmup"):
+        config("--warmup", "1.5")
+
+
 def test_package_download_help_exits_0() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "lensing", "download", "--help"],
