@@ -76,15 +76,21 @@ def test_training_fields_follow_the_recipe_then_the_options() -> None:
     assert not any(k.startswith("lr_") for k in training_fields(args, with_rates=False))
 
 
+def train_config(*argv: str) -> TrainConfig:
+    """The TrainConfig of ``lensing train --data d ARGV``."""
+    from lensing.cli.options import training_fields
+    from lensing.cli.train import build_parser
+
+    return TrainConfig(**training_fields(build_parser().parse_args(["--data", "d", *argv])))
+
+
 def test_the_default_recipe_from_random_weights_takes_the_from_scratch_rates() -> None:
     """Fine-tuning rates (1e-5 for early layers) are for pretrained weights; a network that
     starts random (--pretrained none, or a d4-resnet without a weights file) gets 1e-3."""
-    from lensing.cli.options import training_fields
-    from lensing.cli.train import build_parser
     from lensing.training.recipes import recipe_rates
 
     def rates(*argv: str) -> dict[str, float]:
-        config = TrainConfig(**training_fields(build_parser().parse_args(["--data", "d", *argv])))
+        config = train_config(*argv)
         return {g: getattr(config, f"lr_{g}") for g in LAYER_GROUPS}
 
     fine_tuning, scratch = recipe_rates("default"), recipe_rates("from-scratch")
@@ -99,16 +105,12 @@ def test_the_default_recipe_from_random_weights_takes_the_from_scratch_rates() -
 
 
 def test_warmup_sets_the_one_cycle_share_and_refuses_one_outside_0_1() -> None:
-    from lensing.cli.options import training_fields
-    from lensing.cli.train import build_parser
+    from lensing.cli.options import config_default
 
-    def config(*argv: str) -> TrainConfig:
-        return TrainConfig(**training_fields(build_parser().parse_args(["--data", "d", *argv])))
-
-    assert config().onecycle_warmup == TrainConfig.__dataclass_fields__["onecycle_warmup"].default
-    assert config("--warmup", "0.1").onecycle_warmup == 0.1
+    assert train_config().onecycle_warmup == config_default("onecycle_warmup")
+    assert train_config("--warmup", "0.1").onecycle_warmup == 0.1
     with pytest.raises(ValueError, match="onecycle_warmup"):
-        config("--warmup", "1.5")
+        train_config("--warmup", "1.5")
 
 
 def test_package_download_help_exits_0() -> None:
